@@ -1,0 +1,185 @@
+"""CheXmask silver-standard lung masks: CSV reader, RLE codec, label maps, quality filter.
+
+CheXmask (Gaggion et al. 2024; paper section 3, reference [19]) ships one CSV per source
+dataset; the project reads the "Preprocessed" ``Padchest.csv`` (REFERENCES section 4).
+Columns: ``ImageID, Dice RCA (Mean), Dice RCA (Max), Landmarks, Left Lung, Right Lung, Heart,
+Height, Width``. Each organ is run-length encoded: space-separated ``start length`` pairs,
+1-based starts over the row-major flatten of a ``(Height, Width)`` mask. The "Preprocessed"
+masks live in the 1024x1024 frame of the image after CheXmask's preprocessing (borders
+stripped, zero-padded to a centred square, resized), which :mod:`cfcl.data.padchest`
+reproduces; mapping to the project's resolution is then a plain nearest-neighbour resize.
+
+Height/width trap: a mask is always reshaped to ``(Height, Width)`` (rows first) and a mask
+that is not square is refused when mapped into the square frame, rather than silently
+transposed or stretched.
+
+Side convention: CheXmask's "Right Lung" is the *patient's* right lung, which appears on the
+*image's* left (radiological convention); it becomes label 1, "Left Lung" becomes label 2
+(``cfcl.config.CLASSES``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lung", "Right Lung",
+           "Heart", "Height", "Width")
+# Columns the project needs; Landmarks and Heart are large and skipped when reading.
+NEEDED_COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Left Lung", "Right Lung",
+                  "Height", "Width")
+QUALITY_COLUMN = "Dice RCA (Mean)"
+RIGHT_LUNG_LABEL = 1  # patient's right lung, image left
+LEFT_LUNG_LABEL = 2  # patient's left lung, image right
+
+
+def rle_decode(rle: object, height: int, width: int) -> np.ndarray:
+    """Decode a CheXmask RLE string to a binary mask.
+
+    ``rle``: ``"start length start length ..."`` with 1-based starts over the row-major flatten;
+    an empty string or NaN decodes to an empty mask. Returns ``(height, width)`` uint8 in {0, 1}.
+    Overlapping runs are allowed (their union is taken). Raises ``ValueError`` on an odd number
+    of values, a start below 1, a negative length, or a run past ``height * width`` (naming both).
+    """
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"RLE mask size must be positive, got height={height}, width={width}")
+    n = height * width
+    if rle is None or (isinstance(rle, float) and np.isnan(rle)):
+        return np.zeros((height, width), np.uint8)
+    if not isinstance(rle, str):
+        raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
+    text = rle.strip()
+    if not text:
+        return np.zeros((height, width), np.uint8)
+    try:
+        runs = np.array(text.split(), dtype=np.int64)
+    except ValueError as exc:
+        raise ValueError(f"RLE holds a non-integer value: {exc}") from exc
+    if runs.size % 2:
+        raise ValueError(f"RLE has an odd number of values ({runs.size}); expected start/length pairs")
+    starts, lengths = runs[0::2] - 1, runs[1::2]
+    if (starts < 0).any():
+        raise ValueError("RLE start below 1 (starts are 1-based)")
+    if (lengths < 0).any():
+        raise ValueError("RLE has a negative run length")
+    ends = starts + lengths
+    if ends.size and ends.max() > n:
+        raise ValueError(f"RLE run ends at pixel {int(ends.max())}, past the mask size "
+                         f"{height} x {width} = {n} (wrong Height/Width?)")
+    delta = np.zeros(n + 1, np.int64)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    return (np.cumsum(delta[:-1]) > 0).astype(np.uint8).reshape(height, width)
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Encode a 2-D binary mask (any nonzero = foreground) as a CheXmask RLE string.
+
+    Inverse of :func:`rle_decode` (``rle_decode(rle_encode(m), *m.shape) == (m != 0)``); an
+    empty mask gives ``""``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"rle_encode expects a 2-D mask, got shape {mask.shape}")
+    flat = np.concatenate([[0], (mask.ravel() != 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flat))  # 0-based starts and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    pairs = np.stack([starts + 1, ends - starts], axis=1).ravel()
+    return " ".join(map(str, pairs.tolist()))
+
+
+def read_chexmask(path: str | os.PathLike, columns: tuple[str, ...] = NEEDED_COLUMNS) -> pd.DataFrame:
+    """Read a CheXmask CSV (plain or compressed), keeping ``columns``; errors name the file.
+
+    Returns a DataFrame indexed by ``ImageID`` (duplicated ImageIDs: the first row is kept).
+    ``Height``/``Width`` are int, Dice RCA columns float.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CheXmask CSV not found: {path} (setting data.chexmask_csv)")
+    try:
+        df = pd.read_csv(path, usecols=lambda c: c in columns, low_memory=False)
+    except Exception as exc:  # pandas raises many types for a corrupt file
+        raise ValueError(f"cannot read CheXmask CSV {path}: {exc}") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"CheXmask CSV {path} lacks columns {missing}; expected the 'Preprocessed' "
+                         f"CheXmask format with columns {list(COLUMNS)}")
+    df = df.drop_duplicates("ImageID", keep="first").set_index("ImageID")
+    for col in ("Height", "Width"):
+        if col in df.columns:
+            if df[col].isna().any():
+                raise ValueError(f"CheXmask CSV {path}: column {col!r} has empty values")
+            df[col] = df[col].astype(np.int64)
+    for col in (QUALITY_COLUMN, "Dice RCA (Max)"):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
+def quality_filter(df: pd.DataFrame, min_dice_rca: float = 0.8,
+                   column: str = QUALITY_COLUMN) -> pd.DataFrame:
+    """Rows whose RCA quality estimate is at least ``min_dice_rca`` (REFERENCES section 4).
+
+    ``column`` is ``"Dice RCA (Mean)"`` (default, the usual cut) or ``"Dice RCA (Max)"``.
+    NaN quality never passes.
+    """
+    if column not in df.columns:
+        raise KeyError(f"quality column {column!r} not in CheXmask table (columns: {list(df.columns)})")
+    return df[df[column] >= min_dice_rca]
+
+
+def label_map(right_lung: np.ndarray, left_lung: np.ndarray) -> np.ndarray:
+    """Combine binary lung masks into the project's label map.
+
+    ``right_lung``/``left_lung``: ``(H, W)`` binary masks of the *patient's* right/left lung
+    (CheXmask "Right Lung" / "Left Lung"). Returns ``(H, W)`` uint8 with 0 background,
+    1 right lung (image left), 2 left lung (image right). Pixels claimed by both (rare, a thin
+    seam at most) go to the left lung, label 2: a documented, arbitrary tie-break.
+    """
+    right_lung, left_lung = np.asarray(right_lung), np.asarray(left_lung)
+    if right_lung.shape != left_lung.shape:
+        raise ValueError(f"lung masks differ in shape: right {right_lung.shape}, left {left_lung.shape}")
+    out = np.zeros(right_lung.shape, np.uint8)
+    out[right_lung != 0] = RIGHT_LUNG_LABEL
+    out[left_lung != 0] = LEFT_LUNG_LABEL
+    return out
+
+
+def resize_nearest(labels: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D label map to ``(height, width)`` (default square).
+
+    Pixel-centre aligned like OpenCV/PIL resizing (source index ``floor((i + 0.5) * H / h)``),
+    so a mask stays on the image it was drawn on after both are resized. Labels never mix.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"resize_nearest expects a 2-D label map, got shape {labels.shape}")
+    width = height if width is None else width
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def row_label_map(row: pd.Series, size: int, source: str = "CheXmask CSV") -> np.ndarray:
+    """One CheXmask row (a "Preprocessed", square mask) to a ``(size, size)`` uint8 label map.
+
+    ``source`` names the file in error messages. Refuses a non-square mask: only the square
+    "Preprocessed" frame maps onto the project's images without the original padding offsets.
+    """
+    image_id = row.name if row.name is not None else row.get("ImageID", "?")
+    h, w = int(row["Height"]), int(row["Width"])
+    if h != w:
+        raise ValueError(f"{source}: ImageID {image_id} has a {h} x {w} (Height x Width) mask; "
+                         "expected a square mask of the 'Preprocessed' CheXmask release")
+    masks = []
+    for col in ("Right Lung", "Left Lung"):
+        try:
+            masks.append(rle_decode(row[col], h, w))
+        except ValueError as exc:
+            raise ValueError(f"{source}: ImageID {image_id}, column {col!r}: {exc}") from exc
+    return resize_nearest(label_map(*masks), size)

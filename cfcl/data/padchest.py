@@ -1,0 +1,478 @@
+"""Real data: PadChest images + CheXmask silver masks + gold masks, as :class:`ChestSplit`.
+
+Paper section 3: PadChest (~60k pre-training, ~17k validation images), CheXmask silver masks
+for the supervised variants, 70 manually annotated images (20 healthy, 50 pleural effusion)
+for fine-tuning. This module selects the images (metadata filter of REFERENCES section 3,
+patient-level splits), decodes them with CheXmask's geometric preprocessing so that the silver
+masks line up, and caches the arrays.
+
+Splits (all patient-level: a patient never appears in two splits; deterministic from
+``DataConfig.seed``):
+
+- ``annotated``: the images of ``<gold_masks>/annotated.csv`` (:mod:`cfcl.data.gold`), up to
+  ``n_annotated_healthy`` healthy and ``n_annotated_effusion`` effusion rows in file order;
+  effusion from that CSV, sex and scanner from the metadata. Their patients (and those of
+  ``test.csv``) are kept out of every other split.
+- ``test``: if ``<gold_masks>/test.csv`` exists, its images (with their gold masks); otherwise
+  held-out patients drawn at random from the pool. Either way balanced over scanner x
+  effusion, ``n_test / 4`` images per cell (the remainder goes to the first cells), capped by
+  what exists; gold is None without ``test.csv``.
+- ``val`` then ``pretrain``: the remaining patients in random order, ``n_val`` then
+  ``n_pretrain`` images (capped by what exists).
+
+The pool for ``test``/``val``/``pretrain`` is: rows passing the metadata filter, whose PNG is
+found under ``data.padchest_images`` and that have a CheXmask row passing the Dice RCA filter.
+Silver masks come from CheXmask wherever a row exists (zeros and quality NaN otherwise, which
+can only happen for gold images). ``counterfactuals`` is None: real data has no oracle, the HVAE
+provides them.
+
+Image preprocessing (CheXmask's, ``DataPreparation/padchest.py`` of the CheXmask repository,
+reproduced so that the "Preprocessed" masks line up): the bounding box of pixels whose 8-bit
+value (the high byte of a 16-bit PNG, as OpenCV's 8-bit read gives) exceeds 1 is kept, the crop
+is zero-padded to a centred square (top/left padding ``(L - h) // 2``) and resized. The
+intensity window is the project's choice (the paper is silent): the 0.5 / 99.5 percentiles of
+the cropped image (exact, from its histogram) map to 0 / 1 before padding, padding is 0, and
+the antialiased bilinear resize to ``image_size`` is rounded to uint8.
+
+The arrays are cached under ``cache_dir() / "padchest" / <key> / <split>`` (``<key>`` hashes the
+DataConfig, the options and the size/mtime of the metadata, CheXmask and gold index files) as
+``.npy`` (opened as memmaps), ``parents.csv`` and ``manifest.json`` written last; a folder
+without a matching manifest is rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cfcl.config import SCANNER, SEX, DataConfig
+from cfcl.data import ChestSplit
+from cfcl.data import chexmask as cm
+from cfcl.data import gold as gd
+from cfcl.data.metadata import filter_metadata, read_metadata
+from cfcl.paths import atomic_path, cache_dir
+
+FORMAT_VERSION = 1
+SPLITS = ("pretrain", "val", "annotated", "test")
+# Test cells in (scanner, effusion) order; the remainder of n_test / 4 goes to the first cells.
+TEST_CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))
+REQUIRED_SETTINGS = ("padchest_images", "chexmask_csv", "gold_masks")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PadChestOptions:
+    """Choices the paper leaves open (all part of the cache key).
+
+    ``border_level``: a pixel is content when its 8-bit value exceeds this (CheXmask uses 1).
+    ``low_percentile`` / ``high_percentile``: intensity window mapped to 0 / 255.
+    ``strip_labels``: see :func:`cfcl.data.metadata.parse_labels` (False, as the reference code).
+    ``quality_column``: the CheXmask column compared with ``DataConfig.chexmask_min_dice_rca``.
+    """
+
+    border_level: int = 1
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    strip_labels: bool = False
+    quality_column: str = cm.QUALITY_COLUMN
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def check_settings(cfg: DataConfig) -> None:
+    """Fail at once, naming the setting, when a real-data path is unset or does not exist."""
+    missing = [f"data.{name}" for name in REQUIRED_SETTINGS if not getattr(cfg, name)]
+    if missing:
+        raise ValueError(
+            f"data.source='padchest' needs the setting(s) {', '.join(missing)} (paths to the PadChest "
+            "PNG folder, the CheXmask Padchest.csv and the gold mask folder); see docs/real_data.md, "
+            "e.g. get_profile('cpu', **{'data.source': 'padchest', 'data.padchest_images': '/data/padchest', ...})")
+    checks = (("padchest_images", Path.is_dir, "folder"), ("chexmask_csv", Path.is_file, "file"),
+              ("gold_masks", Path.is_dir, "folder"))
+    for name, test, kind in checks:
+        if not test(Path(getattr(cfg, name))):
+            raise FileNotFoundError(f"setting data.{name}: {kind} {getattr(cfg, name)} does not exist")
+    if cfg.padchest_metadata and not Path(cfg.padchest_metadata).is_file():
+        raise FileNotFoundError(f"setting data.padchest_metadata: file {cfg.padchest_metadata} does not exist")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a grayscale PadChest PNG as ``(H, W)`` uint16 (16-bit files) or uint8 (8-bit files).
+
+    A missing, corrupt or colour file raises an error naming it.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"PadChest image not found: {path}") from None
+    except Exception as exc:
+        raise ValueError(f"cannot read PadChest image {path} (corrupt or not a PNG?): {exc}") from exc
+    if arr.ndim != 2:
+        raise ValueError(f"PadChest image {path} has mode {mode} and shape {arr.shape}; expected grayscale")
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:
+        return arr.astype(np.uint16)  # PIL mode "I" for some 16-bit files
+    raise ValueError(f"PadChest image {path} has unsupported pixel type {arr.dtype} (mode {mode})")
+
+
+def content_box(img: np.ndarray, border_level: int = 1) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, bottom, left, right)`` (bottom/right exclusive) of the content.
+
+    CheXmask's border rule: a pixel is content when its 8-bit value (high byte of a uint16
+    image) exceeds ``border_level``. Raises ``ValueError`` on an image with no content.
+    """
+    high = (img >> 8) if img.dtype == np.uint16 else img
+    mask = high > border_level
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ValueError(f"image has no pixel above the border level {border_level} (all black)")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def pad_to_square(arr: np.ndarray) -> np.ndarray:
+    """Zero-pad ``(h, w)`` to a centred ``(L, L)`` square, ``L = max(h, w)``; the extra pixel of
+    an odd difference goes to the bottom/right (CheXmask's convention)."""
+    h, w = arr.shape
+    side = max(h, w)
+    out = np.zeros((side, side), arr.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top:top + h, left:left + w] = arr
+    return out
+
+
+def window(img: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles of an integer image to 0/1 (clipped), float32.
+
+    Percentiles are exact nearest-rank values from the image histogram (fast for uint16).
+    A flat image maps to 0.
+    """
+    flat = img.ravel()
+    counts = np.bincount(flat)
+    cdf = np.cumsum(counts)
+    n = cdf[-1]
+    lo = int(np.searchsorted(cdf, max(1, int(np.ceil(low / 100 * n)))))
+    hi = int(np.searchsorted(cdf, max(1, int(np.ceil(high / 100 * n)))))
+    if hi <= lo:
+        return np.zeros(img.shape, np.float32)
+    return np.clip((img.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bilinear resize of a float ``(H, W)`` image to ``(size, size)`` float32."""
+    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def preprocess_image(img: np.ndarray, size: int, options: PadChestOptions | None = None
+                     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """CheXmask geometry + intensity window: ``(H, W)`` integer image to ``(size, size)`` uint8.
+
+    Returns the image and the content box used, so that a mask of the same image can follow
+    (:func:`preprocess_mask`).
+    """
+    opts = options or PadChestOptions()
+    box = content_box(img, opts.border_level)
+    top, bottom, left, right = box
+    crop = window(img[top:bottom, left:right], opts.low_percentile, opts.high_percentile)
+    out = resize_image(pad_to_square(crop), size)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), box
+
+
+def preprocess_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Apply an image's crop box, square padding and a nearest resize to its label map."""
+    top, bottom, left, right = box
+    return cm.resize_nearest(pad_to_square(np.asarray(mask)[top:bottom, left:right]), size)
+
+
+def index_images(root: str | os.PathLike) -> dict[str, str]:
+    """Map each PNG file name under ``root`` (flat, or one level of sub-folders such as
+    PadChest's ``<ImageDir>/``) to its path. PadChest ImageIDs are unique, so the sub-folder
+    does not matter; a flat file wins over a sub-folder copy."""
+    root = Path(root)
+    found: dict[str, str] = {}
+    subdirs = []
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.is_dir():
+                subdirs.append(entry.path)
+            elif entry.name.lower().endswith(".png"):
+                found[entry.name] = entry.path
+    for sub in sorted(subdirs):
+        with os.scandir(sub) as it:
+            for entry in it:
+                if entry.name.lower().endswith(".png") and entry.name not in found:
+                    found[entry.name] = entry.path
+    return found
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _encode_parents(raw: pd.DataFrame, ids: pd.Series, what: str) -> pd.DataFrame:
+    """PatientID, sex, scanner of gold images from the raw metadata; errors name the image."""
+    meta = raw.drop_duplicates("ImageID").set_index("ImageID")
+    absent = [i for i in ids if i not in meta.index]
+    if absent:
+        raise ValueError(f"{what}: ImageID {absent[0]!r} is not in the PadChest metadata "
+                         f"({len(absent)} missing)")
+    rows = meta.loc[list(ids)]
+    for col, values, name in (("PatientSex_DICOM", SEX, "sex"), ("Manufacturer_DICOM", SCANNER, "scanner")):
+        bad = ~rows[col].isin(values)
+        if bad.any():
+            raise ValueError(f"{what}: ImageID {rows.index[bad][0]!r} has {col}={rows[col][bad].iloc[0]!r}; "
+                             f"the {name} parent must be one of {values}")
+    return pd.DataFrame({"ImageID": list(ids), "PatientID": rows["PatientID"].astype(str).to_numpy(),
+                         "sex": rows["PatientSex_DICOM"].map(SEX.index).astype(int).to_numpy(),
+                         "scanner": rows["Manufacturer_DICOM"].map(SCANNER.index).astype(int).to_numpy()})
+
+
+def _gold_rows(index: pd.DataFrame, raw: pd.DataFrame, what: str) -> pd.DataFrame:
+    parents = _encode_parents(raw, index["ImageID"], what)
+    parents["effusion"] = index["effusion"].to_numpy()
+    parents["gold_path"] = index["mask_path"].to_numpy()
+    return parents
+
+
+def _cell_counts(n: int) -> list[int]:
+    base, rem = divmod(n, len(TEST_CELLS))
+    return [base + (i < rem) for i in range(len(TEST_CELLS))]
+
+
+def _balanced(df: pd.DataFrame, n: int, what: str) -> pd.DataFrame:
+    """Up to n / 4 rows per scanner x effusion cell, in ``df``'s order; warns when a cell is short."""
+    parts = []
+    for (scanner, effusion), k in zip(TEST_CELLS, _cell_counts(n)):
+        cell = df[(df["scanner"] == scanner) & (df["effusion"] == effusion)].head(k)
+        if len(cell) < k:
+            warnings.warn(f"{what}: only {len(cell)} of {k} images for scanner={scanner}, "
+                          f"effusion={effusion}", stacklevel=3)
+        parts.append(cell)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _take_patients(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """First ``n`` images of ``df`` (ordered by patient) taking whole patients: every patient
+    whose first image falls before ``n`` is used up (its surplus images are dropped).
+    Returns ``(taken, rest)``."""
+    first = df.groupby("PatientID", sort=False).cumcount()
+    start = np.arange(len(df)) - first.to_numpy()
+    return df[start < n].head(n), df[start >= n]
+
+
+@dataclass
+class _Sources:
+    chexmask: pd.DataFrame
+    assignment: pd.DataFrame
+    counts: dict[str, int]
+
+
+def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
+    check_settings(cfg)
+    raw = read_metadata(cfg.padchest_metadata)
+    meta = filter_metadata(raw, strip_labels=opts.strip_labels)
+    meta["PatientID"] = meta["PatientID"].astype(str)
+    chex = cm.read_chexmask(cfg.chexmask_csv)
+    passing = cm.quality_filter(chex, cfg.chexmask_min_dice_rca, opts.quality_column)
+    files = index_images(cfg.padchest_images)
+    gold_dir = Path(cfg.gold_masks)
+    ann_index = gd.read_gold_index(gold_dir, gd.ANNOTATED_INDEX)
+    test_index = gd.read_gold_index(gold_dir, gd.TEST_INDEX, required=False)
+
+    ann_all = _gold_rows(ann_index, raw, str(gold_dir / gd.ANNOTATED_INDEX))
+    parts = [ann_all[ann_all["effusion"] == 0].head(cfg.n_annotated_healthy),
+             ann_all[ann_all["effusion"] == 1].head(cfg.n_annotated_effusion)]
+    for part, k, label in zip(parts, (cfg.n_annotated_healthy, cfg.n_annotated_effusion), ("healthy", "effusion")):
+        if len(part) < k:
+            warnings.warn(f"{gold_dir / gd.ANNOTATED_INDEX}: only {len(part)} of {k} {label} images",
+                          stacklevel=2)
+    annotated = ann_all.loc[sorted(pd.concat(parts).index)].assign(split="annotated")
+    excluded = set(ann_all["PatientID"])
+    if test_index is not None:
+        test_all = _gold_rows(test_index, raw, str(gold_dir / gd.TEST_INDEX))
+        shared = set(test_all["PatientID"]) & excluded
+        if shared:
+            raise ValueError(f"{gold_dir / gd.TEST_INDEX} and {gold_dir / gd.ANNOTATED_INDEX} share "
+                             f"patient {sorted(shared)[0]!r}: a patient may not be in two splits")
+        excluded |= set(test_all["PatientID"])
+
+    in_files = meta["ImageID"].isin(files.keys())
+    in_chex = meta["ImageID"].isin(passing.index)
+    pool = meta[in_files & in_chex & ~meta["PatientID"].isin(excluded)]
+    pool = pool[["ImageID", "PatientID", "sex", "scanner", "effusion"]].assign(gold_path=None)
+    rng = np.random.default_rng(cfg.seed)
+    if test_index is not None:
+        test = _balanced(test_all, cfg.n_test, str(gold_dir / gd.TEST_INDEX))
+    else:
+        shuffled = pool.iloc[rng.permutation(len(pool))]
+        test = _balanced(shuffled.drop_duplicates(["PatientID", "scanner", "effusion"]), cfg.n_test,
+                         "held-out test split")
+        pool = pool[~pool["PatientID"].isin(set(test["PatientID"]))]
+    test = test.assign(split="test")
+
+    patients = np.sort(pool["PatientID"].unique())
+    rank = pd.Series(rng.permutation(len(patients)), index=patients)
+    pool = pool.assign(_rank=pool["PatientID"].map(rank).to_numpy()).sort_values(["_rank", "ImageID"])
+    val, rest = _take_patients(pool, cfg.n_val)
+    pretrain, _ = _take_patients(rest, cfg.n_pretrain)
+    assignment = pd.concat([pretrain.assign(split="pretrain"), val.assign(split="val"), annotated, test],
+                           ignore_index=True).drop(columns="_rank", errors="ignore")
+
+    missing = [i for i in assignment["ImageID"] if i not in files]
+    if missing:
+        raise FileNotFoundError(f"PadChest image {missing[0]!r} (a gold-annotated image) not found under "
+                                f"setting data.padchest_images={cfg.padchest_images} "
+                                f"({len(missing)} missing; expected <ImageDir>/<ImageID> or <ImageID>)")
+    assignment["path"] = assignment["ImageID"].map(files)
+    assignment["quality"] = assignment["ImageID"].map(chex[opts.quality_column]).astype(float)
+    counts = {"metadata_filtered": int(len(meta)), "without_png": int((~in_files).sum()),
+              "without_passing_chexmask": int((in_files & ~in_chex).sum()),
+              **{f"n_{s}": int((assignment["split"] == s).sum()) for s in SPLITS}}
+    return _Sources(chexmask=chex, assignment=assignment, counts=counts)
+
+
+def assign_splits(cfg: DataConfig, options: PadChestOptions | None = None) -> pd.DataFrame:
+    """The image selection, one row per image: ``ImageID, PatientID, sex, scanner, effusion,
+    gold_path, split, path, quality`` (reads the tables, decodes no image)."""
+    return _plan(cfg, options or PadChestOptions()).assignment
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _stamp(path: str | os.PathLike | None) -> list[int] | None:
+    if not path or not Path(path).exists():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def cache_key(cfg: DataConfig, options: PadChestOptions | None = None) -> str:
+    """Short hash of the DataConfig, the options and the input tables' size/mtime."""
+    opts = options or PadChestOptions()
+    gold_dir = Path(cfg.gold_masks) if cfg.gold_masks else None
+    stamps = {"metadata": _stamp(cfg.padchest_metadata), "chexmask": _stamp(cfg.chexmask_csv),
+              "annotated": _stamp(gold_dir / gd.ANNOTATED_INDEX if gold_dir else None),
+              "test": _stamp(gold_dir / gd.TEST_INDEX if gold_dir else None)}
+    payload = json.dumps({"format": FORMAT_VERSION, "data": dataclasses.asdict(cfg),
+                          "options": dataclasses.asdict(opts), "stamps": stamps}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _load_cached(folder: Path, split: str, key: str) -> ChestSplit | None:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("key") != key or manifest.get("split") != split:
+            return None
+        n = manifest["n"]
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in manifest["arrays"]}
+        parents = pd.read_csv(folder / "parents.csv", dtype={"ImageID": str, "PatientID": str})
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(parents) != n or any(len(a) != n for a in arrays.values()):
+        return None
+    return ChestSplit(name=split, images=arrays["images"], parents=parents, silver=arrays["silver"],
+                      gold=arrays.get("gold"), quality=np.asarray(arrays["quality"]),
+                      counterfactuals=None, ids=parents["ImageID"].tolist())
+
+
+def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.DataFrame,
+             chex_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    img = read_png(item["path"])
+    try:
+        image, box = preprocess_image(img, size, opts)
+    except ValueError as exc:
+        raise ValueError(f"PadChest image {item['path']}: {exc}") from exc
+    if item["ImageID"] in chex.index:
+        silver = cm.row_label_map(chex.loc[item["ImageID"]], size, source=chex_name)
+    else:
+        silver = np.zeros((size, size), np.uint8)
+    gold = None
+    if isinstance(item.get("gold_path"), str):
+        gold = preprocess_mask(gd.read_gold_mask(item["gold_path"], shape=img.shape), box, size)
+    return image, silver, gold
+
+
+def _build(rows: pd.DataFrame, split: str, cfg: DataConfig, opts: PadChestOptions, src: _Sources,
+           folder: Path, key: str, workers: int) -> None:
+    n, size = len(rows), cfg.image_size
+    (folder / "manifest.json").unlink(missing_ok=True)  # a stale manifest must not vouch for new arrays
+    has_gold = bool(rows["gold_path"].map(lambda p: isinstance(p, str)).all()) if n else False
+    names = ["images", "silver"] + (["gold"] if has_gold else [])
+    items = rows.to_dict("records")
+    chex_name = str(cfg.chexmask_csv)
+    with ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_path(folder / f"{name}.npy")) for name in names}
+        out = {name: np.lib.format.open_memmap(tmp[name], mode="w+", dtype=np.uint8, shape=(n, size, size))
+               for name in names}
+        chunk = max(1, workers * 16)
+        with ThreadPoolExecutor(max_workers=workers) as pool, \
+                tqdm(total=n, desc=f"PadChest {split} ({size} px)", unit="img") as bar:
+            for start in range(0, n, chunk):
+                batch = items[start:start + chunk]
+                results = pool.map(lambda it: _process(it, size, opts, src.chexmask, chex_name), batch)
+                for i, (image, silver, gold) in enumerate(results, start=start):
+                    out["images"][i], out["silver"][i] = image, silver
+                    if has_gold:
+                        out["gold"][i] = gold
+                    bar.update(1)
+        for arr in out.values():
+            arr.flush()
+        del out
+    with atomic_path(folder / "quality.npy") as tmp_q:
+        with open(tmp_q, "wb") as fh:
+            np.save(fh, rows["quality"].to_numpy(dtype=float))
+    parents = rows[["sex", "scanner", "effusion", "ImageID", "PatientID"]].reset_index(drop=True)
+    with atomic_path(folder / "parents.csv") as tmp_p:
+        parents.to_csv(tmp_p, index=False)
+    manifest = {"key": key, "split": split, "n": n, "image_size": size, "arrays": names + ["quality"],
+                "counts": src.counts, "data": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts)}
+    with atomic_path(folder / "manifest.json") as tmp_m:
+        tmp_m.write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def load_split(cfg: DataConfig, split: str, options: PadChestOptions | None = None,
+               workers: int | None = None) -> ChestSplit:
+    """One split of the real data as a :class:`ChestSplit` (uint8 memmaps), building its cache
+    on first use. ``workers``: decoding threads (default: CPU count, at most 8)."""
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
+    check_settings(cfg)
+    opts = options or PadChestOptions()
+    key = cache_key(cfg, opts)
+    folder = cache_dir() / "padchest" / key / split
+    cached = _load_cached(folder, split, key)
+    if cached is not None:
+        return cached
+    src = _plan(cfg, opts)
+    rows = src.assignment[src.assignment["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"PadChest split {split!r} is empty: {src.counts} (check the settings "
+                         f"data.padchest_images / data.chexmask_csv / data.gold_masks and the sizes)")
+    _build(rows, split, cfg, opts, src, folder, key, workers or min(8, os.cpu_count() or 1))
+    result = _load_cached(folder, split, key)
+    if result is None:  # pragma: no cover - would mean the cache cannot be read back
+        raise RuntimeError(f"PadChest cache {folder} could not be read back after writing")
+    return result
