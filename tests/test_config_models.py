@@ -1,0 +1,104 @@
+"""Profiles, paths and the network: overrides, hashing, atomic writes, weight transfer."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cfcl.config import PROFILES, get_profile
+from cfcl.data.metadata import joint_distribution
+from cfcl.finetune import folds, soft_dice_loss
+from cfcl.models import CFCLNet, load_pretrained, transfer_prefixes
+from cfcl.paths import atomic_path
+
+
+def test_overrides_and_errors():
+    p = get_profile("smoke", **{"pretrain.steps": 7, "data.image_size": 128, "seed": 3})
+    assert (p.pretrain.steps, p.data.image_size, p.seed) == (7, 128, 3)
+    assert get_profile("smoke").pretrain.steps == PROFILES["smoke"].pretrain.steps  # not mutated
+    with pytest.raises(KeyError, match="unknown profile"):
+        get_profile("nope")
+    with pytest.raises(KeyError, match="stepz"):
+        get_profile("smoke", **{"pretrain.stepz": 1})
+
+
+def test_section_hash_tracks_only_its_sections():
+    a = get_profile("smoke")
+    assert a.section_hash("data") == get_profile("smoke", **{"pretrain.steps": 99}).section_hash("data")
+    assert a.section_hash("data") != get_profile("smoke", **{"data.seed": 1}).section_hash("data")
+
+
+def test_paper_profile_is_the_paper():
+    p = get_profile("paper")
+    assert p.pretrain.encoder == "resnet50" and p.pretrain.pixels_per_view == 1000
+    assert p.data.n_annotated_healthy == 20 and p.data.n_annotated_effusion == 50
+    assert p.finetune.folds == 5
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+
+
+def test_joint_distribution_matches_the_measured_padchest_counts():
+    j = joint_distribution().set_index(["scanner", "sex", "effusion"])["count"]
+    # REFERENCES section 3: ImagingDynamics F 27,518 / 364 PE; M 25,625 / 520; Philips F 17,801 / 633; M 16,971 / 768
+    assert j.sum() == 90200
+    assert (j[0, 0, 0], j[0, 0, 1], j[0, 1, 0], j[0, 1, 1]) == (27518, 364, 25625, 520)
+    assert (j[1, 0, 0], j[1, 0, 1], j[1, 1, 0], j[1, 1, 1]) == (17801, 633, 16971, 768)
+
+
+def test_model_shapes_and_modes():
+    net = CFCLNet("resnet18", embed_dim=8).eval()
+    x = torch.randn(2, 1, 64, 64)
+    assert net(x).shape == (2, 3, 64, 64)
+    assert net(x, mode="embed").shape == (2, 8, 64, 64)
+    assert net(x, mode="global").shape == (2, 8)
+    with pytest.raises(ValueError):
+        net(x, mode="bogus")
+
+
+@pytest.mark.parametrize("method", ["simclr", "dvd_cl", "none"])
+def test_weight_transfer(method):
+    torch.manual_seed(0)
+    src = CFCLNet("resnet18", embed_dim=8)
+    torch.manual_seed(1)
+    dst = CFCLNet("resnet18", embed_dim=8)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    loaded = load_pretrained(dst, src.state_dict(), method)
+    prefixes = transfer_prefixes(method)
+    for k, v in dst.state_dict().items():
+        want = src.state_dict()[k] if k.startswith(prefixes) and prefixes else before[k]
+        assert torch.equal(v, want), k
+    assert all(k.startswith(prefixes) for k in loaded)
+    if method == "simclr":
+        assert not any(k.startswith("unet.decoder.") for k in loaded)
+
+
+def test_weight_transfer_refuses_other_architectures():
+    src = CFCLNet("resnet34", embed_dim=8).state_dict()
+    with pytest.raises((KeyError, ValueError)):
+        load_pretrained(CFCLNet("resnet18", embed_dim=8), src, "dvd_cl")
+
+
+def test_folds_are_stratified_4_healthy_10_effusion():
+    eff = np.array([0] * 20 + [1] * 50)
+    f = folds(eff, 5, seed=0)
+    for k in range(5):
+        assert (eff[f == k] == 0).sum() == 4 and (eff[f == k] == 1).sum() == 10
+    assert np.array_equal(f, folds(eff, 5, seed=0))
+
+
+def test_soft_dice_loss_is_zero_for_a_perfect_prediction():
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[0, 2:5, 1:3], y[0, 2:5, 5:7] = 1, 2
+    logits = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(logits, y).item() < 1e-3
+    assert soft_dice_loss(-logits, y).item() > 0.9
