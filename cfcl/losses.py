@@ -1,0 +1,305 @@
+"""Dense (pixel-level) contrastive losses (paper section 2.2) and their baselines.
+
+All losses take raw embeddings, L2-normalise them, use cosine similarity / temperature and
+share ONE core, :func:`multi_positive_nce`: a multi-positive NT-Xent in the SupCon "L_out"
+form (Khosla et al. 2020), for an anchor ``i`` with positives ``P(i)`` in a contrast set ``A``:
+
+    l_i = - 1/|P(i)| * sum_{p in P(i)} log( exp(s_ip) / sum_{j in A, j != i} exp(s_ij) )
+
+With one positive per anchor this is SimCLR's NT-Xent. Positives are "same key, not self",
+where the key is a location id (unsupervised: the same original point in another view) or a
+silver label (supervised). The core needs one matmul per similarity block (the log-sum-exp of
+each row, self excluded by setting the diagonal to -inf in place) plus per-key sums of the
+embeddings (an ``index_add``): ``sum_{p in P(i)} s_ip = z_i . (sum_{key(p)=key(i)} z_p) / tau
+- z_i . z_i / tau``, so no N x N positive mask is ever built.
+
+Negatives scope (``negatives``): ``"image"`` (default for the paper's losses): the contrast set
+of a pixel is the pixels of the same image's views in the same loss term; ``"batch"``: the
+pixels of all images of the batch. Unsupervised positives always stay inside one image;
+supervised positives (same label) extend to the whole contrast set.
+
+Averaging (our choice where the paper is silent): mean over all valid anchors of a loss term
+(over the batch, not per image first); an anchor without any positive (e.g. the only pixel of
+its class) is excluded from the mean; a term without valid anchors contributes 0 with a zero
+(never nan) gradient. Memory: each term holds its ``(M, M)`` similarity block, ``M`` = pixels
+in the contrast set (``"batch"`` multiplies ``M`` by the batch size).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "multi_positive_nce",
+    "DenseNTXent",
+    "VADeR",
+    "DVDCL",
+    "MVDCL",
+    "SDVDCL",
+    "SMVDCL",
+    "SSDCL",
+    "SimCLR",
+    "NEGATIVE_SCOPES",
+]
+
+NEGATIVE_SCOPES = ("image", "batch")
+
+
+def multi_positive_nce(z: Tensor, keys: Tensor, anchors: Tensor | None, temperature: float,
+                       num_keys: int) -> tuple[Tensor, Tensor]:
+    """The shared core: multi-positive NT-Xent inside G independent contrast sets.
+
+    ``z (G, M, D)``: G contrast sets of M raw embeddings (normalised here); ``keys (G, M)`` long
+    in ``[0, num_keys)``: the positives of pixel ``i`` are the other pixels of its set with its
+    key; ``anchors (G, M)`` bool, or None for all pixels. Returns ``(loss_sum (G,), count (G,))``:
+    per set, the sum of ``l_i`` over valid anchors (anchor with at least one positive) and their
+    number (float). Invalid anchors contribute an exact 0 with a zero gradient. Half-precision
+    inputs are computed in float32. Deterministic on GPU under
+    ``torch.use_deterministic_algorithms(True)`` (``index_add`` has a deterministic path).
+    """
+    if z.ndim != 3 or keys.shape != z.shape[:2]:
+        raise ValueError(f"multi_positive_nce: z must be (G, M, D) and keys (G, M); got "
+                         f"{tuple(z.shape)}, {tuple(keys.shape)}")
+    if anchors is not None and anchors.shape != keys.shape:
+        raise ValueError(f"multi_positive_nce: anchors must be (G, M) like keys, got {tuple(anchors.shape)}")
+    g, m, d = z.shape
+    if m < 2:
+        raise ValueError(f"multi_positive_nce: a contrast set needs >= 2 pixels, got {m}")
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()  # half-precision inputs (autocast): keep the log-sum-exp and sums in float32
+    z = F.normalize(z, dim=-1)
+    sim = torch.matmul(z / temperature, z.transpose(1, 2))  # (G, M, M): the one matmul
+    if sim.dtype != z.dtype:
+        sim = sim.to(z.dtype)  # autocast may have run the matmul in half precision
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self is not in the denominator
+    lse = torch.logsumexp(sim, dim=-1)  # (G, M), stable
+
+    flat = (keys.long() + num_keys * torch.arange(g, device=keys.device)[:, None]).reshape(-1)
+    key_sum = z.new_zeros(g * num_keys, d).index_add(0, flat, z.reshape(g * m, d))  # (G*K, D)
+    npos = torch.bincount(flat, minlength=g * num_keys).to(z.dtype)[flat].view(g, m) - 1
+    pos_sim_sum = ((z * key_sum[flat].view(g, m, d)).sum(-1) - (z * z).sum(-1)) / temperature
+    valid = npos > 0
+    if anchors is not None:
+        valid = valid & anchors
+    per_anchor = lse - pos_sim_sum / npos.clamp(min=1)
+    per_anchor = torch.where(valid, per_anchor, torch.zeros_like(per_anchor))
+    return per_anchor.sum(1), valid.sum(1).to(z.dtype)
+
+
+def _check_scope(negatives: str) -> str:
+    if negatives not in NEGATIVE_SCOPES:
+        raise ValueError(f"negatives must be one of {NEGATIVE_SCOPES}, got {negatives!r}")
+    return negatives
+
+
+def _check_labels(name: str, labels: Tensor, num_classes: int) -> Tensor:
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes}), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
+def _terms(z: Tensor, keys: Tensor, anchors: Tensor | None, negatives: str, temperature: float,
+           num_keys: int, per_image_keys: bool) -> Tensor:
+    """Mean loss of P independent terms given ``z (B, P, M, D)`` (B images, M pixels of one image
+    in one term), ``keys``/``anchors (B, P, M)``.
+
+    Scope ``"image"``: one contrast set per (image, term); ``"batch"``: one per term with the
+    pixels of all images. ``per_image_keys`` (location ids) keeps positives inside one image in
+    the batch scope. Each term is the mean over its valid anchors; the loss is the mean over
+    the terms that have any (0, with zero gradient, when none has)."""
+    b, p, m, d = z.shape
+    if negatives == "image":
+        a = None if anchors is None else anchors.reshape(b * p, m)
+        s, c = multi_positive_nce(z.reshape(b * p, m, d), keys.reshape(b * p, m), a, temperature, num_keys)
+        s, c = s.view(b, p).sum(0), c.view(b, p).sum(0)
+    else:
+        if per_image_keys:
+            keys = keys + num_keys * torch.arange(b, device=keys.device)[:, None, None]
+            num_keys = num_keys * b
+        a = None if anchors is None else anchors.transpose(0, 1).reshape(p, b * m)
+        s, c = multi_positive_nce(z.transpose(0, 1).reshape(p, b * m, d),
+                                  keys.transpose(0, 1).reshape(p, b * m), a, temperature, num_keys)
+    has = (c > 0).to(s.dtype)
+    return (s / c.clamp(min=1) * has).sum() / has.sum().clamp(min=1)
+
+
+def _location_keys(n: int, views: int, device: torch.device) -> Tensor:
+    """Location id of each pixel when ``views`` views of ``n`` points are concatenated: (views*n,)."""
+    return torch.arange(n, device=device).repeat(views)
+
+
+def _dual_view(anchor: Tensor, targets: Tensor, negatives: str, temperature: float) -> Tensor:
+    """Mean over pairs ``t`` of the two-direction dense NT-Xent of ``anchor[:, t]``/``targets[:, t]``
+    (both ``(B, T, N, D)``, rows matching)."""
+    b, t, n, _ = anchor.shape
+    z = torch.cat([anchor, targets], dim=2)  # (B, T, 2N, D)
+    keys = _location_keys(n, 2, z.device).expand(b, t, 2 * n)
+    return _terms(z, keys, None, negatives, temperature, n, per_image_keys=True)
+
+
+class _Dense(nn.Module):
+    def __init__(self, temperature: float = 0.1, negatives: str = "image") -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.negatives = _check_scope(negatives)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, negatives={self.negatives!r}"
+
+
+class DenseNTXent(_Dense):
+    """Dense NT-Xent between two views (VADeR, Pinheiro et al. 2020; paper section 2.2).
+
+    ``forward(a (B, N, D), b (B, N, D)) -> scalar``: row ``i`` of ``a`` and ``b`` is the same
+    original location. Positive of ``a_i``: ``b_i`` (and vice versa); negatives: every other
+    pixel of both views (``2N - 2``, or all pixels of the batch with ``negatives="batch"``).
+    Averaged over both directions (every pixel of ``a`` then of ``b`` as anchor). Symmetric in
+    ``(a, b)``. Temperature 0.1 (REFERENCES section 5).
+    """
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if a.ndim != 3 or a.shape != b.shape:
+            raise ValueError(f"{type(self).__name__}: a and b must both be (B, N, D), got "
+                             f"{tuple(a.shape)}, {tuple(b.shape)}")
+        return _dual_view(a[:, None], b[:, None], self.negatives, self.temperature)  # one pair
+
+
+VADeR = DenseNTXent
+"""The VADeR baseline: :class:`DenseNTXent` on two ordinarily augmented views."""
+
+
+class DVDCL(_Dense):
+    """Dual-View Dense Contrastive Learning (paper section 2.2, DVD-CL).
+
+    ``forward(anchor (B, T, N, D), targets (B, T, N, D)) -> scalar``: for each target view
+    ``t``, ``anchor[:, t]`` are the anchor (non-counterfactual) view's features gathered at the N
+    points sampled in the anchor/target-``t`` overlap and ``targets[:, t]`` the target's features
+    at the same points (row by row). Loss: mean over ``t`` of the two-direction
+    :class:`DenseNTXent` of the pair.
+    """
+
+    def forward(self, anchor: Tensor, targets: Tensor) -> Tensor:
+        if anchor.ndim != 4 or anchor.shape != targets.shape:
+            raise ValueError(f"{type(self).__name__}: anchor and targets must both be (B, T, N, D), got "
+                             f"{tuple(anchor.shape)}, {tuple(targets.shape)}")
+        return _dual_view(anchor, targets, self.negatives, self.temperature)
+
+
+class MVDCL(_Dense):
+    """Multi-View Dense Contrastive Learning (paper section 2.2, MVD-CL).
+
+    ``forward(z (B, V, N, D)) -> scalar``: all V views at the same N original points (sampled in
+    the overlap of all views). Positives of pixel ``(v, i)``: ``(w, i)`` for every ``w != v``;
+    one loss over all pixel similarities of all views at once. The paper gives no formula for
+    several positives; we use the multi-positive NT-Xent / SupCon "L_out" form: mean over the
+    ``V-1`` positives of ``-log softmax``, the denominator running over all other ``V*N - 1``
+    pixels. With ``V = 2`` it equals :class:`DenseNTXent`.
+    """
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.ndim != 4 or z.shape[1] < 2:
+            raise ValueError(f"{type(self).__name__}: z must be (B, V, N, D) with V >= 2, got {tuple(z.shape)}")
+        b, v, n, d = z.shape
+        keys = _location_keys(n, v, z.device).expand(b, 1, v * n)
+        return _terms(z.reshape(b, 1, v * n, d), keys, None, self.negatives, self.temperature, n,
+                      per_image_keys=True)
+
+
+class _Supervised(_Dense):
+    def __init__(self, temperature: float = 0.1, negatives: str = "image", num_classes: int = 3,
+                 background: int | None = 0) -> None:
+        super().__init__(temperature, negatives)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.background = background
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_classes={self.num_classes}, background={self.background}"
+
+    def _anchors(self, labels: Tensor) -> Tensor | None:
+        return None if self.background is None else labels != self.background
+
+
+class SDVDCL(_Supervised):
+    """Supervised DVD-CL (paper section 2.2, S-DVD-CL).
+
+    ``forward(anchor (B, T, N, D), targets (B, T, N, D), labels_anchor (B, T, N),
+    labels_target (B, T, N)) -> scalar``. For each (anchor, target ``t``) pair: the contrast set
+    is the 2N pixels of both views; positives of a pixel are all other pixels with the same
+    silver label (0 background, 1 right lung, 2 left lung); only non-background pixels
+    (``label != background``; ``background=None``: all) are anchors; SupCon "L_out" form.
+    Mean over the valid anchors of a pair, then over the pairs that have any. With
+    ``negatives="batch"`` the contrast set (and the same-label positives) spans the batch.
+    """
+
+    def forward(self, anchor: Tensor, targets: Tensor, labels_anchor: Tensor, labels_target: Tensor) -> Tensor:
+        name = type(self).__name__
+        if anchor.ndim != 4 or anchor.shape != targets.shape:
+            raise ValueError(f"{name}: anchor and targets must both be (B, T, N, D), got "
+                             f"{tuple(anchor.shape)}, {tuple(targets.shape)}")
+        if labels_anchor.shape != anchor.shape[:3] or labels_target.shape != anchor.shape[:3]:
+            raise ValueError(f"{name}: labels must be (B, T, N) = {tuple(anchor.shape[:3])}, got "
+                             f"{tuple(labels_anchor.shape)}, {tuple(labels_target.shape)}")
+        z = torch.cat([anchor, targets], dim=2)
+        keys = _check_labels(name, torch.cat([labels_anchor, labels_target], dim=2), self.num_classes)
+        return _terms(z, keys, self._anchors(keys), self.negatives, self.temperature, self.num_classes,
+                      per_image_keys=False)
+
+
+class SMVDCL(_Supervised):
+    """Supervised MVD-CL (paper section 2.2, S-MVD-CL).
+
+    ``forward(z (B, V, N, D), labels (B, V, N)) -> scalar``: the supervised loss of
+    :class:`SDVDCL` over the pixels of all V views at once (one contrast set of ``V*N`` pixels
+    per image, or of the whole batch with ``negatives="batch"``); mean over non-background
+    anchors that have a positive.
+    """
+
+    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+        name = type(self).__name__
+        if z.ndim != 4 or labels.shape != z.shape[:3]:
+            raise ValueError(f"{name}: z must be (B, V, N, D) and labels (B, V, N), got "
+                             f"{tuple(z.shape)}, {tuple(labels.shape)}")
+        b, v, n, d = z.shape
+        keys = _check_labels(name, labels, self.num_classes).reshape(b, 1, v * n)
+        return _terms(z.reshape(b, 1, v * n, d), keys, self._anchors(keys), self.negatives,
+                      self.temperature, self.num_classes, per_image_keys=False)
+
+
+class SSDCL(SMVDCL):
+    """SSDCL baseline (Hu et al., MICCAI 2021; REFERENCES section 5): supervised pixel SupCon over
+    (usually two) ordinarily augmented views. ``forward(z (B, V, N, D), labels (B, V, N))``;
+    positives same label (self excluded), mean over non-background anchors, tau 0.1, negatives
+    over the whole batch by default (as in Hu et al.). Same computation as :class:`SMVDCL`.
+    """
+
+    def __init__(self, temperature: float = 0.1, negatives: str = "batch", num_classes: int = 3,
+                 background: int | None = 0) -> None:
+        super().__init__(temperature, negatives, num_classes, background)
+
+
+class SimCLR(nn.Module):
+    """Global NT-Xent (SimCLR, Chen et al. 2020): ``forward(z1 (B, D), z2 (B, D)) -> scalar``;
+    positive of ``z1[k]`` is ``z2[k]``, negatives are the other ``2B - 2`` embeddings; mean over
+    the ``2B`` anchors."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        if z1.ndim != 2 or z1.shape != z2.shape:
+            raise ValueError(f"SimCLR: z1 and z2 must both be (B, D), got {tuple(z1.shape)}, {tuple(z2.shape)}")
+        n = z1.shape[0]
+        z = torch.cat([z1, z2], dim=0)[None]
+        s, c = multi_positive_nce(z, _location_keys(n, 2, z.device)[None], None, self.temperature, n)
+        return s.sum() / c.sum().clamp(min=1)
