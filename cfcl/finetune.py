@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from cfcl import metrics, views
 from cfcl.config import FINETUNE_METHODS, Profile, get_profile
-from cfcl.data import load_split
+from cfcl.data import data_fingerprint, load_split
 from cfcl.models import N_CLASSES, build_model, load_pretrained
 from cfcl.paths import atomic_path, runs_dir
 
@@ -55,8 +55,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def _signature(profile: Profile, method: str) -> dict[str, Any]:
+    """Everything a fold's results depend on, including the pre-training run's own signature."""
+    from cfcl.pretrain import run_signature
+
     d = profile.to_dict()
-    return json.loads(json.dumps({"method": method, "seed": profile.seed, "data": d["data"],
+    pre = run_signature(profile, method) if method != "none" else None
+    return json.loads(json.dumps({"pretrain_run": pre, "method": method, "seed": profile.seed, "data": d["data"],
+                                  "data_fingerprint": data_fingerprint(profile),
                                   "finetune": d["finetune"], "encoder": profile.pretrain.encoder,
                                   "embed_dim": profile.pretrain.embed_dim}, default=str))
 

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from cfcl import losses, views
 from cfcl.config import METHODS as METHOD_NAMES
 from cfcl.config import Profile, get_profile
-from cfcl.data import ChestSplit, load_split
+from cfcl.data import ChestSplit, data_fingerprint, load_split
 from cfcl.models import build_model
 from cfcl.paths import atomic_path, runs_dir
 
@@ -217,7 +217,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def run_signature(profile: Profile, method: str) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed or reused: method, data and pre-training config."""
     d = profile.to_dict()
-    sig = {"method": method, "seed": profile.seed}
+    sig = {"method": method, "seed": profile.seed, "data.fingerprint": data_fingerprint(profile)}
     sig.update({f"data.{k}": v for k, v in d["data"].items()})
     sig.update({f"pretrain.{k}": v for k, v in d["pretrain"].items() if k not in ("checkpoint_every", "num_workers")})
     if METHODS[method].views == "cf" and profile.pretrain.cf_source == "hvae":

@@ -73,3 +73,18 @@ def load_split(profile: Profile, split: str) -> ChestSplit:
 
         return padchest.load_split(profile.data, split)
     raise ValueError(f"unknown data source {source!r} (setting data.source): use 'phantom' or 'padchest'")
+
+
+def data_fingerprint(profile: Profile) -> str:
+    """A short key that changes whenever the data a run sees changes: the source's cache key
+    (for the phantom it includes the renderer version). Stored in checkpoint signatures so that
+    a run never reuses results computed on other data."""
+    if profile.data.source == "phantom":
+        from cfcl.data import phantom
+
+        return f"phantom-{phantom.config_hash(profile.data)}"
+    if profile.data.source == "padchest":
+        from cfcl.data import padchest
+
+        return f"padchest-{padchest.cache_key(profile.data)}"
+    raise ValueError(f"unknown data source {profile.data.source!r} (setting data.source)")
