@@ -24,10 +24,10 @@ EFFUSION_LABEL = "pleural effusion"
 
 
 def default_metadata_path() -> Path:
-    """The copy of the PadChest metadata shipped by torchxrayvision."""
-    import torchxrayvision
+    """The copy of the PadChest metadata shipped by torchxrayvision (found without importing it)."""
+    from cfcl.data.anatomy import torchxrayvision_data_dir
 
-    return Path(os.path.dirname(torchxrayvision.__file__)) / "data" / METADATA_NAME
+    return torchxrayvision_data_dir() / METADATA_NAME
 
 
 def parse_labels(value: object, strip: bool = False) -> list[str]:
