@@ -19,7 +19,6 @@ from cfcl.models import build_model
 from cfcl.pretrain import load_checkpoint, pretrain
 
 
-@torch.no_grad()
 def embeddings(profile: Profile, method: str, split: str = "val", n_images: int | None = None) -> dict[str, np.ndarray]:
     """Dense embeddings of ``n_images`` images of ``split`` under the pre-trained ``method``.
 
@@ -28,12 +27,14 @@ def embeddings(profile: Profile, method: str, split: str = "val", n_images: int 
     n = n_images or profile.latent.n_images
     data = load_split(profile, split)
     n = min(n, len(data))
+    checkpoint = pretrain(profile, method, progress=False)  # trains first if needed
     net = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim)
-    net.load_state_dict(load_checkpoint(pretrain(profile, method, progress=False))["model"])
+    net.load_state_dict(load_checkpoint(checkpoint)["model"])
     net.eval()
     images = np.asarray(data.images[:n])
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
-    emb = torch.cat([net.embed(x[i:i + 16]) for i in range(0, n, 16)]).numpy()
+    with torch.no_grad():
+        emb = torch.cat([net.embed(x[i:i + 16]) for i in range(0, n, 16)]).numpy()
     return {"emb": emb, "images": images, "silver": np.asarray(data.silver[:n])}
 
 
