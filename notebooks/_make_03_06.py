@@ -19,6 +19,8 @@ def notebook(cells, path):
             out.append(c)
         else:
             out.append(nbf.v4.new_code_cell(src.strip()))
+    for i, c in enumerate(out):  # stable ids: regenerating an unchanged notebook changes nothing
+        c["id"] = f"{Path(path).stem.split('_')[0]}-{i:02d}"
     nb.cells = out
     nbf.write(nb, HERE / path)
 
@@ -179,7 +181,7 @@ from cfcl.data import load_split
 from cfcl.finetune import load_fold
 from cfcl.paths import figures_dir
 from cfcl.plots.results import plot_segmentations
-from cfcl.results import ROW_NAMES, changed_regions, format_table2, robustness, table2, write_table
+from cfcl.results import ROW_NAMES, changed_regions, claims, format_table2, robustness, table2, write_table
 
 prof = get_profile(profile, seed=seed)
 fig_dir = figures_dir(prof.name)
@@ -191,6 +193,16 @@ t2.to_csv(fig_dir / "table2_numbers.csv", index=False)
 table = format_table2(t2)
 write_table(table, "table2", prof, caption=f"Table 2 ({prof.name} profile): DSC %, HD95/ASD in pixels; mean ± std over 5 folds")
 table
+"""),
+    ("md", """
+## Which of the paper's claims hold here
+
+Each claim is checked on the means; the evidence gives mean ± std over the folds, so a difference
+smaller than the spread is visible as such."""),
+    ("code", """
+c = claims(t2)
+write_table(c, "claims", prof, caption=f"The paper's claims on the {prof.name} profile")
+c
 """),
     ("md", "## Figure 3: one effusion image segmented by every method"),
     ("code", """

@@ -102,3 +102,23 @@ def test_soft_dice_loss_is_zero_for_a_perfect_prediction():
     logits = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 50
     assert soft_dice_loss(logits, y).item() < 1e-3
     assert soft_dice_loss(-logits, y).item() > 0.9
+
+
+def test_claims_read_table2_correctly():
+    import pandas as pd
+
+    from cfcl.config import FINETUNE_METHODS
+    from cfcl.results import claims
+
+    dsc = {"none": 80, "simclr": 85, "vader": 86, "dvd_cl": 88, "mvd_cl": 87, "chexmask": 90,
+           "ssdcl": 89, "s_dvd_cl": 91, "s_mvd_cl": 92}
+    rows = [{"method": m, "DSC_mean": dsc[m], "DSC_std": 1.0, "DSC_NF_mean": 95.0, "DSC_NF_std": 0.5,
+             "DSC_PE_mean": dsc[m] - 5, "DSC_PE_std": 1.0} for m in FINETUNE_METHODS]
+    c = claims(pd.DataFrame(rows)).set_index("claim")["holds"]
+    assert c.all()
+    rows[1]["DSC_mean"] = 79.0  # SimCLR now worse than None
+    rows[5]["DSC_mean"] = 93.0  # CheXmask now beats S-MVD-CL
+    c = claims(pd.DataFrame(rows)).set_index("claim")["holds"]
+    assert not c["every pre-training beats None (DSC)"]
+    assert not c["S-MVD-CL beats CheXmask-supervised (DSC)"]
+    assert c["DVD-CL beats VADeR and SimCLR (DSC)"]
