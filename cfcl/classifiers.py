@@ -158,3 +158,21 @@ def evaluate_classifiers(profile: Profile, split: str = "val", progress: bool = 
     model = load_classifiers(train_classifiers(profile, progress=progress))
     data = load_split(profile, split)
     return classifier_metrics(predict_parents(model, data.images), data.parents)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cfcl.classifiers --profile cpu``: train (or reuse) the parent predictors."""
+    import argparse
+
+    from cfcl.config import get_profile
+    from cfcl.hvae import parse_overrides
+
+    parser = argparse.ArgumentParser(prog="python -m cfcl.classifiers", description="Train the parent predictors.")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    print(f"parent predictors: {train_classifiers(get_profile(args.profile, **parse_overrides(args.overrides)))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -670,7 +670,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="profile override with a dotted name, e.g. hvae.epochs=5")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this call")
-    parser.add_argument("--classifiers", action="store_true", help="also train the parent predictors")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is much faster than 2 on a busy 2-core machine)")
     args = parser.parse_args(argv)
@@ -682,10 +681,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     profile = get_profile(args.profile, **overrides)
     path = train_hvae(profile, max_epochs=args.max_epochs)
     print(f"HVAE checkpoint: {path}")
-    if args.classifiers:
-        from cfcl.classifiers import train_classifiers
-
-        print(f"parent predictors: {train_classifiers(profile)}")
 
 
 if __name__ == "__main__":
