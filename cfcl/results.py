@@ -79,6 +79,8 @@ def format_table2(t: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, stem: str, profile: Profile, caption: str = "") -> dict[str, Path]:
     """Write ``df`` as CSV, Markdown and LaTeX to figures/<profile>/<stem>.{csv,md,tex} (atomically)."""
+    if df.index.name is not None:  # a named index (e.g. the method) is a column of the table
+        df = df.reset_index()
     d = figures_dir(profile.name)
     paths = {ext: d / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
     texts = {"csv": df.to_csv(index=False),
