@@ -1,6 +1,6 @@
 """Benchmark of the dense contrastive losses (cfcl.losses): forward + backward time.
 
-    python benchmarks/bench_losses.py [--quick]
+    python benchmarks/bench_losses.py [--quick] [--skip-memory]
 
 Writes a Markdown report to ``benchmarks/results/losses.md`` (atomically). Everything runs on
 one CPU thread (``torch.set_num_threads(1)``) and is timed in process CPU time
@@ -15,7 +15,13 @@ interleaved repetitions (median times):
 2. each loss vs the Python-loop reference (``tests/reference_losses.loop_*``) at a small size
    (the loops are too slow at the realistic one);
 3. scaling of the dense losses with pixels per view (250..4000) and with the number of views
-   (2..6), relative to the smallest size.
+   (2..6), relative to the smallest size;
+4. the two paths of the core's log-sum-exp (the dense similarity block vs streaming it in row
+   chunks, ``stream_above`` / ``chunk_size`` in ``cfcl.losses``), each loss forced on each path;
+5. SSDCL with batch negatives up to the paper's batch (32 images x 2 views x 1,000 pixels):
+   peak memory of each path in a fresh process per configuration, and the time ratio
+   (``benchmarks/bench_ssdcl_memory.py``, which also runs alone). ``--skip-memory`` leaves this
+   section out (the paper's batch alone takes about 2 min of CPU per configuration).
 """
 from __future__ import annotations
 
@@ -32,9 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reference_losses as ref  # noqa: E402
-from cfcl.losses import DVDCL, MVDCL, SDVDCL, SMVDCL, SSDCL, DenseNTXent, SimCLR  # noqa: E402
+import bench_ssdcl_memory  # noqa: E402
+from cfcl.losses import (CHUNK_SIZE, DVDCL, MVDCL, SDVDCL, SMVDCL, SSDCL, STREAM_ABOVE,  # noqa: E402
+                         DenseNTXent, SimCLR)
 from cfcl.paths import atomic_path  # noqa: E402
 
 
@@ -53,8 +62,9 @@ def _floor(sets):
     return fn
 
 
-def _cases(b: int, v: int, n: int, d: int):
-    """name -> (fast fn, masked fn, loop fn, floor fn) taking one leaf tensor z (B, V, N, D)."""
+def _cases(b: int, v: int, n: int, d: int, **kw):
+    """name -> (fast fn, masked fn, loop fn, floor fn) taking one leaf tensor z (B, V, N, D);
+    ``kw`` (``stream_above``, ``chunk_size``) goes to our losses."""
     _, lab = _inputs(b, v, n, d)
     t = v - 1
     la = lab[:, :1].expand(b, t, n)
@@ -67,27 +77,27 @@ def _cases(b: int, v: int, n: int, d: int):
     views_all = _floor(lambda z: z.reshape(b, v * n, d))
     return {
         "VADeR / DenseNTXent (2 views)": (
-            lambda z: DenseNTXent()(z[:, 0], z[:, 1]),
+            lambda z: DenseNTXent(**kw)(z[:, 0], z[:, 1]),
             lambda z: ref.masked_dvdcl(z[:, :1], z[:, 1:2]),
             lambda z: ref.loop_dense_ntxent(z[:, 0], z[:, 1]),
             _floor(lambda z: z[:, :2].reshape(b, 2 * n, d))),
         f"DVD-CL ({t} targets)": (
-            lambda z: DVDCL()(anc(z), z[:, 1:]),
+            lambda z: DVDCL(**kw)(anc(z), z[:, 1:]),
             lambda z: ref.masked_dvdcl(anc(z), z[:, 1:]),
             lambda z: ref.loop_dvdcl(anc(z), z[:, 1:]),
             pairs),
         f"MVD-CL ({v} views)": (
-            lambda z: MVDCL()(z), lambda z: ref.masked_mvdcl(z), lambda z: ref.loop_mvdcl(z), views_all),
+            lambda z: MVDCL(**kw)(z), lambda z: ref.masked_mvdcl(z), lambda z: ref.loop_mvdcl(z), views_all),
         f"S-DVD-CL ({t} targets)": (
-            lambda z: SDVDCL()(anc(z), z[:, 1:], la, lt),
+            lambda z: SDVDCL(**kw)(anc(z), z[:, 1:], la, lt),
             lambda z: ref.masked_sdvdcl(anc(z), z[:, 1:], la, lt),
             lambda z: ref.loop_sdvdcl(anc(z), z[:, 1:], la, lt),
             pairs),
         f"S-MVD-CL ({v} views)": (
-            lambda z: SMVDCL()(z, lab), lambda z: ref.masked_smvdcl(z, lab), lambda z: ref.loop_smvdcl(z, lab),
+            lambda z: SMVDCL(**kw)(z, lab), lambda z: ref.masked_smvdcl(z, lab), lambda z: ref.loop_smvdcl(z, lab),
             views_all),
         "SSDCL (2 views, batch negatives)": (
-            lambda z: SSDCL()(z[:, :2], lab[:, :2]),
+            lambda z: SSDCL(**kw)(z[:, :2], lab[:, :2]),
             lambda z: ref.masked_smvdcl(z[:, :2], lab[:, :2], negatives="batch"),
             lambda z: ref.loop_smvdcl(z[:, :2], lab[:, :2], negatives="batch"),
             _floor(lambda z: z[:, :2].reshape(1, b * 2 * n, d))),
@@ -154,7 +164,8 @@ def bench_scaling(b: int, d: int, pixels: list[int], views: list[int], n_views: 
     }
     rows = [f"Time relative to the smallest size (B={b}, D={d}, float32; absolute ms of the smallest in "
             "brackets; sizes above 1,000 pixels: a single run). `M^2` is the growth of the similarity "
-            "block: pixels in one contrast set, squared.", "",
+            f"block: pixels in one contrast set, squared. Default paths: sets of more than {STREAM_ABOVE} "
+            f"pixels are streamed (section 4), i.e. (S-)MVD-CL at N=4000 (M={n_views * 4000}).", "",
             f"Pixels per view (V={n_views} views):", "",
             "| N | " + " | ".join(losses) + " | M^2 ratio |", "|---:|" + "---:|" * (len(losses) + 1)]
     base: dict[str, float] = {}
@@ -183,9 +194,30 @@ def bench_scaling(b: int, d: int, pixels: list[int], views: list[int], n_views: 
     return rows
 
 
+def bench_paths(b: int, n: int, d: int, v: int, reps: int) -> list[str]:
+    """Every loss forced on the dense path (``stream_above=None``) and on the streaming path
+    (``stream_above=0``, default chunk), interleaved."""
+    z, _ = _inputs(b, v, n, d)
+    dense = _cases(b, v, n, d, stream_above=None)
+    stream = _cases(b, v, n, d, stream_above=0, chunk_size=CHUNK_SIZE)
+    rows = [f"Size as in section 1 (B={b}, N={n}, D={d}, V={v}), float32, {reps} interleaved repetitions "
+            f"(median). Streaming: chunks of {CHUNK_SIZE} rows. By default (`stream_above={STREAM_ABOVE}`) "
+            "every loss of this table takes the dense path (its sets have at most "
+            f"{max(v * n, b * 2 * n)} pixels).", "",
+            "| loss | pixels per set M | dense (ms) | streaming (ms) | streaming / dense |",
+            "|---|---:|---:|---:|---:|"]
+    sizes = [2 * n, 2 * n, v * n, 2 * n, v * n, b * 2 * n]
+    for (name, (fd, *_)), (_, (fs, *_)), m in zip(dense.items(), stream.items(), sizes):
+        td, ts = _interleaved([fd, fs], z, reps)
+        rows.append(f"| {name} | {m} | {_ms(td)} | {_ms(ts)} | {ts / td:.2f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (about 1 min of CPU)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer repetitions and sizes, no chunk sweep (about 1 min of CPU, plus 2 for section 5)")
+    ap.add_argument("--skip-memory", action="store_true", help="leave out section 5 (SSDCL memory, several min)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "losses.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -198,16 +230,22 @@ def main(argv: list[str] | None = None) -> Path:
         ("1. Ours vs the naive masked implementation, realistic size", bench_vs_masked(2, 1000, 128, 4, reps)),
         ("2. Ours vs the loop reference, equal small size", bench_vs_loops(1, 12, 16, 4, 2 * reps)),
         ("3. Scaling", bench_scaling(1, 128, pixels, views, 4, reps)),
+        ("4. Dense vs streaming log-sum-exp, every loss", bench_paths(2, 1000, 128, 4, reps)),
     ]
+    if not args.skip_memory:
+        sections.append(("5. SSDCL with batch negatives up to the paper's batch: memory and time",
+                         bench_ssdcl_memory.section(quick=args.quick, reps=reps)))
     lines = ["# Dense contrastive losses: forward + backward on CPU", "",
-             f"`python benchmarks/bench_losses.py{' --quick' if args.quick else ''}`, "
+             f"`python benchmarks/bench_losses.py{' --quick' if args.quick else ''}"
+             f"{' --skip-memory' if args.skip_memory else ''}`, "
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, "
              f"1 thread, {platform.processor() or platform.machine()}. The machine is shared: compare "
              "ratios within this file, not absolute times across runs.", ""]
     for title, rows in sections:
         lines += [f"## {title}", "", *rows, ""]
-    lines.append(f"Total benchmark time: {time.process_time() - c_start:.0f} s CPU, "
-                 f"{time.perf_counter() - t_start:.0f} s wall (the difference: other load on the machine).")
+    lines.append(f"Total benchmark time: {time.process_time() - c_start:.0f} s CPU in this process, "
+                 f"{time.perf_counter() - t_start:.0f} s wall (the difference: other load on the machine"
+                 f"{'' if args.skip_memory else ', and the CPU of section 5 child processes, in its tables'}).")
     out = Path(args.out)
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")

@@ -21,14 +21,52 @@ supervised positives (same label) extend to the whole contrast set.
 Averaging (our choice where the paper is silent): mean over all valid anchors of a loss term
 (over the batch, not per image first); an anchor without any positive (e.g. the only pixel of
 its class) is excluded from the mean; a term without valid anchors contributes 0 with a zero
-(never nan) gradient. Memory: each term holds its ``(M, M)`` similarity block, ``M`` = pixels
-in the contrast set (``"batch"`` multiplies ``M`` by the batch size).
+(never nan) gradient.
+
+Memory: the dense block and the streaming path (issue 10). The positive part is linear in the
+``M`` pixels of a contrast set (per-key sums); the denominator needs the log-sum-exp of each row
+of the ``(M, M)`` similarity block, and ``"batch"`` multiplies ``M`` by the batch size: SSDCL at
+the paper's batch (32 images x 2 views x 1,000 pixels) has M = 64,000, a 16 GB float32 block,
+kept again for the backward. Two computations of the same row log-sum-exp, chosen by the size of
+the set (``stream_above``, an argument of every loss and of :func:`multi_positive_nce`):
+
+- ``M <= stream_above`` (default :data:`STREAM_ABOVE` = 8192, which keeps exactly as before
+  every image-scope set of the paper's losses, 2N = 2,000 or V*N = 4,000 pixels, and SSDCL up to
+  4 images x 2 views x 1,000 pixels, or the cpu profile's 8 x 2 x 256): one matmul for the dense
+  ``(G, M, M)`` block, ``torch.logsumexp`` and autograd; memory ``O(G M^2)``.
+- ``M > stream_above``: :class:`_StreamingLSE`, a custom autograd Function, computes the block
+  in chunks of ``chunk_size`` rows (default :data:`CHUNK_SIZE` = 256) into one reused
+  ``(G, chunk_size, M)`` buffer, keeps only the normalised embeddings and the row log-sum-exp,
+  and its backward recomputes each chunk: with ``P`` the row softmax (self excluded) and ``g``
+  the incoming gradient, the gradient w.r.t. the normalised ``z`` is ``(W + W^T) z`` with
+  ``W = g[:, None] * P / tau``, accumulated chunk by chunk. Memory ``O(G chunk_size M + M D)``:
+  linear in the pixels for a fixed chunk.
+
+Both give the same value and gradient (``tests/test_losses.py``: both paths against the float64
+loop references to 1e-5, ``gradcheck`` of the Function, dense vs streaming at M = 2,000, D = 128,
+and no tensor larger than ``chunk_size x M`` is created on the streaming path). The streaming
+path costs one more matmul (the recomputation), but on CPU it is still faster than the dense
+block once that block holds more than about 10^7 entries (no ``G M^2`` temporaries to allocate
+and fault in; slightly slower below, where the dense path is the default anyway). Measured on
+CPU, one thread, float32, forward + backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1
+python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
+RSS of a fresh process per configuration, minus its RSS before the loss call):
+
+    images B (M = 2,000 B)         1     2      4      8     16     32
+    dense loss memory (MB)        89   279  1,024  3,978  ~16,000  ~64,000 (not run: 4.07 x block)
+    streaming, chunk 256 (MB)     31    37     55     80    150    246 (whole process: 929 MB)
+    CPU time streaming / dense  1.07  0.54   0.55   0.54
+
+At the paper's batch (B = 32) the streamed loss takes 89 s of one CPU thread; chunk 1024 or 4096
+rows: 434 or 1,184 MB, about 12% faster. On the image-scope losses (section 4; not their default
+path) streaming / dense is 0.57-0.63, except 1.02 for VADeR (2 sets of 2,000 pixels).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "multi_positive_nce",
@@ -41,13 +79,98 @@ __all__ = [
     "SSDCL",
     "SimCLR",
     "NEGATIVE_SCOPES",
+    "CHUNK_SIZE",
+    "STREAM_ABOVE",
 ]
 
 NEGATIVE_SCOPES = ("image", "batch")
+CHUNK_SIZE = 256
+"""Rows of the similarity block per chunk on the streaming path (default)."""
+STREAM_ABOVE = 8192
+"""Contrast sets of more pixels than this stream their similarity block (default)."""
+
+
+class _StreamingLSE(torch.autograd.Function):
+    """Row log-sum-exp of ``zn @ zn^T / tau`` with the diagonal excluded, streamed in row chunks.
+
+    ``forward(zn (G, M, D), temperature, chunk_size) -> lse (G, M)``. Only one ``(G, C, M)``
+    chunk of the similarity block (``C = chunk_size`` rows) exists at a time, in the forward and
+    in the backward, which recomputes each chunk instead of keeping the block. With
+    ``P = softmax`` of a row (self excluded) and ``g`` the incoming gradient of ``lse``, the
+    gradient is ``W @ zn + W^T @ zn`` with ``W = g[:, None] * P / tau``, accumulated chunk by
+    chunk: rows ``r`` of the block give ``grad[r] += W_r @ zn`` and ``grad += W_r^T @ zn[r]``.
+    """
+
+    @staticmethod
+    def _chunk(zn: Tensor, r0: int, r1: int, temperature: float, buf: Tensor) -> Tensor:
+        """Rows ``r0:r1`` of the block, self at -inf, written into the reused buffer ``buf``
+        (a fresh allocation per chunk costs page faults once it exceeds malloc's mmap
+        threshold). Under autocast the matmul runs as autocast decides, as on the dense path."""
+        g, m, _ = zn.shape
+        rows = zn[:, r0:r1] / temperature
+        if torch.is_autocast_enabled(zn.device.type):
+            sim = torch.matmul(rows, zn.transpose(1, 2)).to(zn.dtype)  # out= would bypass autocast
+        else:  # a contiguous (G, r1 - r0, M) view of the buffer (the last chunk may be shorter)
+            out = buf.view(-1)[:g * (r1 - r0) * m].view(g, r1 - r0, m)
+            sim = torch.matmul(rows, zn.transpose(1, 2), out=out)
+        sim.diagonal(offset=r0, dim1=1, dim2=2).fill_(float("-inf"))  # (k, r0 + k) is self
+        return sim
+
+    @staticmethod
+    def forward(ctx, zn: Tensor, temperature: float, chunk_size: int) -> Tensor:
+        g, m, _ = zn.shape
+        c = min(chunk_size, m)
+        lse, buf = zn.new_empty(g, m), zn.new_empty(g, c, m)
+        for r0 in range(0, m, c):
+            r1 = min(r0 + c, m)
+            sim = _StreamingLSE._chunk(zn, r0, r1, temperature, buf)
+            top = sim.amax(-1, keepdim=True)  # finite: a row has M - 1 >= 1 finite entries
+            lse[:, r0:r1] = sim.sub_(top).exp_().sum(-1).log_() + top.squeeze(-1)  # in place
+        ctx.save_for_backward(zn, lse)
+        ctx.temperature, ctx.chunk_size = temperature, c
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lse: Tensor):
+        zn, lse = ctx.saved_tensors
+        tau, c = ctx.temperature, ctx.chunk_size
+        g, m, _ = zn.shape
+        grad, buf = torch.zeros_like(zn), zn.new_empty(g, c, m)
+        w_row = grad_lse.to(zn.dtype) / tau  # (G, M)
+        for r0 in range(0, m, c):
+            r1 = min(r0 + c, m)
+            w = _StreamingLSE._chunk(zn, r0, r1, tau, buf)
+            w.sub_(lse[:, r0:r1, None]).exp_().mul_(w_row[:, r0:r1, None])  # W_r = g * P / tau
+            grad[:, r0:r1].baddbmm_(w, zn)  # the chunk's rows as anchors
+            grad.baddbmm_(w.transpose(1, 2), zn[:, r0:r1])  # ... and in the others' denominators
+        return grad, None, None
+
+
+def _row_lse(z: Tensor, temperature: float, chunk_size: int, stream_above: int | None) -> Tensor:
+    """Row log-sum-exp (self excluded) of the similarity block of normalised ``z (G, M, D)``:
+    one dense ``(G, M, M)`` matmul when ``M <= stream_above`` (or ``stream_above`` is None),
+    else :class:`_StreamingLSE` in chunks of ``chunk_size`` rows."""
+    if stream_above is None or z.shape[1] <= stream_above:
+        sim = torch.matmul(z / temperature, z.transpose(1, 2))  # (G, M, M): the one matmul
+        if sim.dtype != z.dtype:
+            sim = sim.to(z.dtype)  # autocast may have run the matmul in half precision
+        sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self is not in the denominator
+        return torch.logsumexp(sim, dim=-1)  # (G, M), stable
+    return _StreamingLSE.apply(z, temperature, chunk_size)
+
+
+def _check_chunking(chunk_size: int, stream_above: int | None) -> tuple[int, int | None]:
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if stream_above is not None and int(stream_above) < 0:
+        raise ValueError(f"stream_above must be >= 0 or None, got {stream_above}")
+    return int(chunk_size), None if stream_above is None else int(stream_above)
 
 
 def multi_positive_nce(z: Tensor, keys: Tensor, anchors: Tensor | None, temperature: float,
-                       num_keys: int) -> tuple[Tensor, Tensor]:
+                       num_keys: int, chunk_size: int = CHUNK_SIZE,
+                       stream_above: int | None = STREAM_ABOVE) -> tuple[Tensor, Tensor]:
     """The shared core: multi-positive NT-Xent inside G independent contrast sets.
 
     ``z (G, M, D)``: G contrast sets of M raw embeddings (normalised here); ``keys (G, M)`` long
@@ -57,23 +180,25 @@ def multi_positive_nce(z: Tensor, keys: Tensor, anchors: Tensor | None, temperat
     number (float). Invalid anchors contribute an exact 0 with a zero gradient. Half-precision
     inputs are computed in float32. Deterministic on GPU under
     ``torch.use_deterministic_algorithms(True)`` (``index_add`` has a deterministic path).
+
+    Memory: sets of ``M <= stream_above`` pixels (or all, with ``stream_above=None``) build their
+    dense ``(G, M, M)`` similarity block; larger sets stream it in chunks of ``chunk_size`` rows
+    (``(G, chunk_size, M)`` at a time, forward and backward), so memory grows linearly in ``M``.
+    Both paths give the same value and gradient (module docstring).
     """
     if z.ndim != 3 or keys.shape != z.shape[:2]:
         raise ValueError(f"multi_positive_nce: z must be (G, M, D) and keys (G, M); got "
                          f"{tuple(z.shape)}, {tuple(keys.shape)}")
     if anchors is not None and anchors.shape != keys.shape:
         raise ValueError(f"multi_positive_nce: anchors must be (G, M) like keys, got {tuple(anchors.shape)}")
+    chunk_size, stream_above = _check_chunking(chunk_size, stream_above)
     g, m, d = z.shape
     if m < 2:
         raise ValueError(f"multi_positive_nce: a contrast set needs >= 2 pixels, got {m}")
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()  # half-precision inputs (autocast): keep the log-sum-exp and sums in float32
     z = F.normalize(z, dim=-1)
-    sim = torch.matmul(z / temperature, z.transpose(1, 2))  # (G, M, M): the one matmul
-    if sim.dtype != z.dtype:
-        sim = sim.to(z.dtype)  # autocast may have run the matmul in half precision
-    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self is not in the denominator
-    lse = torch.logsumexp(sim, dim=-1)  # (G, M), stable
+    lse = _row_lse(z, temperature, chunk_size, stream_above)  # (G, M)
 
     flat = (keys.long() + num_keys * torch.arange(g, device=keys.device)[:, None]).reshape(-1)
     key_sum = z.new_zeros(g * num_keys, d).index_add(0, flat, z.reshape(g * m, d))  # (G*K, D)
@@ -103,18 +228,22 @@ def _check_labels(name: str, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def _terms(z: Tensor, keys: Tensor, anchors: Tensor | None, negatives: str, temperature: float,
-           num_keys: int, per_image_keys: bool) -> Tensor:
+           num_keys: int, per_image_keys: bool, chunk_size: int = CHUNK_SIZE,
+           stream_above: int | None = STREAM_ABOVE) -> Tensor:
     """Mean loss of P independent terms given ``z (B, P, M, D)`` (B images, M pixels of one image
     in one term), ``keys``/``anchors (B, P, M)``.
 
     Scope ``"image"``: one contrast set per (image, term); ``"batch"``: one per term with the
     pixels of all images. ``per_image_keys`` (location ids) keeps positives inside one image in
     the batch scope. Each term is the mean over its valid anchors; the loss is the mean over
-    the terms that have any (0, with zero gradient, when none has)."""
+    the terms that have any (0, with zero gradient, when none has). ``chunk_size`` and
+    ``stream_above``: see :func:`multi_positive_nce`."""
     b, p, m, d = z.shape
+    chunking = dict(chunk_size=chunk_size, stream_above=stream_above)
     if negatives == "image":
         a = None if anchors is None else anchors.reshape(b * p, m)
-        s, c = multi_positive_nce(z.reshape(b * p, m, d), keys.reshape(b * p, m), a, temperature, num_keys)
+        s, c = multi_positive_nce(z.reshape(b * p, m, d), keys.reshape(b * p, m), a, temperature, num_keys,
+                                  **chunking)
         s, c = s.view(b, p).sum(0), c.view(b, p).sum(0)
     else:
         if per_image_keys:
@@ -122,7 +251,7 @@ def _terms(z: Tensor, keys: Tensor, anchors: Tensor | None, negatives: str, temp
             num_keys = num_keys * b
         a = None if anchors is None else anchors.transpose(0, 1).reshape(p, b * m)
         s, c = multi_positive_nce(z.transpose(0, 1).reshape(p, b * m, d),
-                                  keys.transpose(0, 1).reshape(p, b * m), a, temperature, num_keys)
+                                  keys.transpose(0, 1).reshape(p, b * m), a, temperature, num_keys, **chunking)
     has = (c > 0).to(s.dtype)
     return (s / c.clamp(min=1) * has).sum() / has.sum().clamp(min=1)
 
@@ -132,25 +261,37 @@ def _location_keys(n: int, views: int, device: torch.device) -> Tensor:
     return torch.arange(n, device=device).repeat(views)
 
 
-def _dual_view(anchor: Tensor, targets: Tensor, negatives: str, temperature: float) -> Tensor:
+def _dual_view(anchor: Tensor, targets: Tensor, negatives: str, temperature: float, **chunking) -> Tensor:
     """Mean over pairs ``t`` of the two-direction dense NT-Xent of ``anchor[:, t]``/``targets[:, t]``
     (both ``(B, T, N, D)``, rows matching)."""
     b, t, n, _ = anchor.shape
     z = torch.cat([anchor, targets], dim=2)  # (B, T, 2N, D)
     keys = _location_keys(n, 2, z.device).expand(b, t, 2 * n)
-    return _terms(z, keys, None, negatives, temperature, n, per_image_keys=True)
+    return _terms(z, keys, None, negatives, temperature, n, per_image_keys=True, **chunking)
 
 
 class _Dense(nn.Module):
-    def __init__(self, temperature: float = 0.1, negatives: str = "image") -> None:
+    """Common arguments of the dense losses: ``temperature``, ``negatives`` (``"image"`` or
+    ``"batch"``) and the memory knobs of :func:`multi_positive_nce`: ``stream_above`` (contrast
+    sets of more pixels than this stream their similarity block in chunks of ``chunk_size``
+    rows; None: never) -- they change memory and speed, never the value or the gradient."""
+
+    def __init__(self, temperature: float = 0.1, negatives: str = "image", *, chunk_size: int = CHUNK_SIZE,
+                 stream_above: int | None = STREAM_ABOVE) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.negatives = _check_scope(negatives)
+        self.chunk_size, self.stream_above = _check_chunking(chunk_size, stream_above)
+
+    @property
+    def _chunking(self) -> dict:
+        return dict(chunk_size=self.chunk_size, stream_above=self.stream_above)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, negatives={self.negatives!r}"
+        return (f"temperature={self.temperature}, negatives={self.negatives!r}, chunk_size={self.chunk_size}, "
+                f"stream_above={self.stream_above}")
 
 
 class DenseNTXent(_Dense):
@@ -167,7 +308,7 @@ class DenseNTXent(_Dense):
         if a.ndim != 3 or a.shape != b.shape:
             raise ValueError(f"{type(self).__name__}: a and b must both be (B, N, D), got "
                              f"{tuple(a.shape)}, {tuple(b.shape)}")
-        return _dual_view(a[:, None], b[:, None], self.negatives, self.temperature)  # one pair
+        return _dual_view(a[:, None], b[:, None], self.negatives, self.temperature, **self._chunking)  # one pair
 
 
 VADeR = DenseNTXent
@@ -188,7 +329,7 @@ class DVDCL(_Dense):
         if anchor.ndim != 4 or anchor.shape != targets.shape:
             raise ValueError(f"{type(self).__name__}: anchor and targets must both be (B, T, N, D), got "
                              f"{tuple(anchor.shape)}, {tuple(targets.shape)}")
-        return _dual_view(anchor, targets, self.negatives, self.temperature)
+        return _dual_view(anchor, targets, self.negatives, self.temperature, **self._chunking)
 
 
 class MVDCL(_Dense):
@@ -208,13 +349,14 @@ class MVDCL(_Dense):
         b, v, n, d = z.shape
         keys = _location_keys(n, v, z.device).expand(b, 1, v * n)
         return _terms(z.reshape(b, 1, v * n, d), keys, None, self.negatives, self.temperature, n,
-                      per_image_keys=True)
+                      per_image_keys=True, **self._chunking)
 
 
 class _Supervised(_Dense):
     def __init__(self, temperature: float = 0.1, negatives: str = "image", num_classes: int = 3,
-                 background: int | None = 0) -> None:
-        super().__init__(temperature, negatives)
+                 background: int | None = 0, *, chunk_size: int = CHUNK_SIZE,
+                 stream_above: int | None = STREAM_ABOVE) -> None:
+        super().__init__(temperature, negatives, chunk_size=chunk_size, stream_above=stream_above)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -250,7 +392,7 @@ class SDVDCL(_Supervised):
         z = torch.cat([anchor, targets], dim=2)
         keys = _check_labels(name, torch.cat([labels_anchor, labels_target], dim=2), self.num_classes)
         return _terms(z, keys, self._anchors(keys), self.negatives, self.temperature, self.num_classes,
-                      per_image_keys=False)
+                      per_image_keys=False, **self._chunking)
 
 
 class SMVDCL(_Supervised):
@@ -270,7 +412,7 @@ class SMVDCL(_Supervised):
         b, v, n, d = z.shape
         keys = _check_labels(name, labels, self.num_classes).reshape(b, 1, v * n)
         return _terms(z.reshape(b, 1, v * n, d), keys, self._anchors(keys), self.negatives,
-                      self.temperature, self.num_classes, per_image_keys=False)
+                      self.temperature, self.num_classes, per_image_keys=False, **self._chunking)
 
 
 class SSDCL(SMVDCL):
@@ -281,8 +423,10 @@ class SSDCL(SMVDCL):
     """
 
     def __init__(self, temperature: float = 0.1, negatives: str = "batch", num_classes: int = 3,
-                 background: int | None = 0) -> None:
-        super().__init__(temperature, negatives, num_classes, background)
+                 background: int | None = 0, *, chunk_size: int = CHUNK_SIZE,
+                 stream_above: int | None = STREAM_ABOVE) -> None:
+        super().__init__(temperature, negatives, num_classes, background, chunk_size=chunk_size,
+                         stream_above=stream_above)
 
 
 class SimCLR(nn.Module):

@@ -6,10 +6,14 @@ import torch
 import torch.nn.functional as F
 
 import reference_losses as ref
+import cfcl.losses as losses
 from cfcl.losses import DVDCL, MVDCL, SDVDCL, SMVDCL, SSDCL, VADeR, DenseNTXent, SimCLR, multi_positive_nce
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 SCOPES = ("image", "batch")
+# the two computations of the similarity block's log-sum-exp: the dense (G, M, M) block, and the
+# streaming path in row chunks (chunk 3 does not divide the set sizes: partial last chunks too)
+PATHS = {"dense": dict(stream_above=None), "stream": dict(stream_above=0, chunk_size=3)}
 
 
 def _rand(*shape, seed=0):
@@ -42,46 +46,57 @@ def _check(fast_fn, ref_fn, inputs):
 
 
 # ----------------------------------------------------------------------------- vs references
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_dense_ntxent_matches_reference(neg):
+def test_dense_ntxent_matches_reference(neg, path):
     a, b = _rand(2, 5, 4, seed=1), _rand(2, 5, 4, seed=2)
-    _check(lambda x, y: DenseNTXent(0.1, neg)(x, y), lambda x, y: ref.loop_dense_ntxent(x, y, 0.1, neg), [a, b])
+    _check(lambda x, y: DenseNTXent(0.1, neg, **PATHS[path])(x, y),
+           lambda x, y: ref.loop_dense_ntxent(x, y, 0.1, neg), [a, b])
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_dvdcl_matches_reference(neg):
+def test_dvdcl_matches_reference(neg, path):
     a, t = _rand(2, 3, 4, 5, seed=3), _rand(2, 3, 4, 5, seed=4)
-    _check(lambda x, y: DVDCL(0.2, neg)(x, y), lambda x, y: ref.loop_dvdcl(x, y, 0.2, neg), [a, t])
-    torch.testing.assert_close(DVDCL(0.2, neg)(a, t), ref.masked_dvdcl(a, t, 0.2, neg), **TOL)
+    loss = DVDCL(0.2, neg, **PATHS[path])
+    _check(lambda x, y: loss(x, y), lambda x, y: ref.loop_dvdcl(x, y, 0.2, neg), [a, t])
+    torch.testing.assert_close(loss(a, t), ref.masked_dvdcl(a, t, 0.2, neg), **TOL)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_mvdcl_matches_reference(neg):
+def test_mvdcl_matches_reference(neg, path):
     z = _rand(2, 4, 3, 5, seed=5)
-    _check(lambda x: MVDCL(0.1, neg)(x), lambda x: ref.loop_mvdcl(x, 0.1, neg), [z])
-    torch.testing.assert_close(MVDCL(0.1, neg)(z), ref.masked_mvdcl(z, 0.1, neg), **TOL)
+    loss = MVDCL(0.1, neg, **PATHS[path])
+    _check(lambda x: loss(x), lambda x: ref.loop_mvdcl(x, 0.1, neg), [z])
+    torch.testing.assert_close(loss(z), ref.masked_mvdcl(z, 0.1, neg), **TOL)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_sdvdcl_matches_reference(neg):
+def test_sdvdcl_matches_reference(neg, path):
     a, t = _rand(2, 3, 5, 4, seed=6), _rand(2, 3, 5, 4, seed=7)
     la, lt = _labels(2, 3, 5, seed=8), _labels(2, 3, 5, seed=9)
-    _check(lambda x, y: SDVDCL(0.1, neg)(x, y, la, lt), lambda x, y: ref.loop_sdvdcl(x, y, la, lt, 0.1, neg),
-           [a, t])
-    torch.testing.assert_close(SDVDCL(0.1, neg)(a, t, la, lt), ref.masked_sdvdcl(a, t, la, lt, 0.1, neg), **TOL)
+    loss = SDVDCL(0.1, neg, **PATHS[path])
+    _check(lambda x, y: loss(x, y, la, lt), lambda x, y: ref.loop_sdvdcl(x, y, la, lt, 0.1, neg), [a, t])
+    torch.testing.assert_close(loss(a, t, la, lt), ref.masked_sdvdcl(a, t, la, lt, 0.1, neg), **TOL)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_smvdcl_and_ssdcl_match_reference(neg):
+def test_smvdcl_and_ssdcl_match_reference(neg, path):
     z, lab = _rand(2, 3, 4, 5, seed=10), _labels(2, 3, 4, seed=11)
-    _check(lambda x: SMVDCL(0.1, neg)(x, lab), lambda x: ref.loop_smvdcl(x, lab, 0.1, neg), [z])
-    _check(lambda x: SSDCL(0.1, neg)(x, lab), lambda x: ref.loop_smvdcl(x, lab, 0.1, neg), [z])
-    torch.testing.assert_close(SMVDCL(0.1, neg)(z, lab), ref.masked_smvdcl(z, lab, 0.1, neg), **TOL)
+    _check(lambda x: SMVDCL(0.1, neg, **PATHS[path])(x, lab), lambda x: ref.loop_smvdcl(x, lab, 0.1, neg), [z])
+    _check(lambda x: SSDCL(0.1, neg, **PATHS[path])(x, lab), lambda x: ref.loop_smvdcl(x, lab, 0.1, neg), [z])
+    torch.testing.assert_close(SMVDCL(0.1, neg, **PATHS[path])(z, lab), ref.masked_smvdcl(z, lab, 0.1, neg),
+                               **TOL)
 
 
-def test_supervised_background_none_uses_all_anchors():
+@pytest.mark.parametrize("path", PATHS)
+def test_supervised_background_none_uses_all_anchors(path):
     z, lab = _rand(1, 2, 4, 3, seed=12), _labels(1, 2, 4, seed=13)
-    _check(lambda x: SMVDCL(background=None)(x, lab), lambda x: ref.loop_smvdcl(x, lab, background=None), [z])
+    _check(lambda x: SMVDCL(background=None, **PATHS[path])(x, lab),
+           lambda x: ref.loop_smvdcl(x, lab, background=None), [z])
 
 
 def test_simclr_matches_reference_and_textbook():
@@ -113,34 +128,39 @@ def test_class_absent_and_anchor_without_positive():
     torch.testing.assert_close(SDVDCL(0.1, "image")(a, t, la, lt), expected, **TOL)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("neg", SCOPES)
-def test_all_background_gives_zero_and_zero_gradient(neg):
+def test_all_background_gives_zero_and_zero_gradient(neg, path):
     z = _rand(2, 4, 6, 5, seed=18).requires_grad_(True)
     lab = torch.zeros(2, 4, 6, dtype=torch.long)
-    for loss in (SMVDCL(negatives=neg)(z, lab), SSDCL(negatives=neg)(z, lab),
-                 SDVDCL(negatives=neg)(z[:, :2], z[:, 2:], lab[:, :2], lab[:, 2:])):
+    kw = PATHS[path]
+    for loss in (SMVDCL(negatives=neg, **kw)(z, lab), SSDCL(negatives=neg, **kw)(z, lab),
+                 SDVDCL(negatives=neg, **kw)(z[:, :2], z[:, 2:], lab[:, :2], lab[:, 2:])):
         (g,) = torch.autograd.grad(loss, z)
         assert loss.item() == 0.0
         assert torch.equal(g, torch.zeros_like(g))
 
 
-def test_all_background_float32_no_nan():
+@pytest.mark.parametrize("path", PATHS)
+def test_all_background_float32_no_nan(path):
     z = torch.randn(1, 2, 3, 4, requires_grad=True)
-    loss = SMVDCL()(z, torch.zeros(1, 2, 3, dtype=torch.long))
+    loss = SMVDCL(**PATHS[path])(z, torch.zeros(1, 2, 3, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0 and torch.isfinite(z.grad).all()
 
 
-def test_small_n():
+@pytest.mark.parametrize("path", PATHS)
+def test_small_n(path):
+    kw = PATHS[path]
     a, b = _rand(3, 1, 4, seed=19), _rand(3, 1, 4, seed=20)
     # N = 1, image scope: the only other pixel is the positive, so the loss is exactly 0
-    torch.testing.assert_close(DenseNTXent()(a, b), torch.zeros((), dtype=torch.float64), **TOL)
-    _check(lambda x, y: DenseNTXent(0.1, "batch")(x, y), lambda x, y: ref.loop_dense_ntxent(x, y, 0.1, "batch"),
-           [a, b])
+    torch.testing.assert_close(DenseNTXent(**kw)(a, b), torch.zeros((), dtype=torch.float64), **TOL)
+    _check(lambda x, y: DenseNTXent(0.1, "batch", **kw)(x, y),
+           lambda x, y: ref.loop_dense_ntxent(x, y, 0.1, "batch"), [a, b])
     z = _rand(2, 3, 1, 4, seed=21)
-    _check(lambda x: MVDCL()(x), lambda x: ref.loop_mvdcl(x), [z])
+    _check(lambda x: MVDCL(**kw)(x), lambda x: ref.loop_mvdcl(x), [z])
     lab = torch.tensor([[[1], [1], [2]], [[2], [0], [2]]])
-    _check(lambda x: SMVDCL()(x, lab), lambda x: ref.loop_smvdcl(x, lab), [z])
+    _check(lambda x: SMVDCL(**kw)(x, lab), lambda x: ref.loop_smvdcl(x, lab), [z])
 
 
 # ----------------------------------------------------------------------------- properties
@@ -188,12 +208,13 @@ def test_perfect_embeddings_beat_random():
         SDVDCL()(_rand(2, 2, n, 3, seed=36), _rand(2, 2, n, 3, seed=37), lab[:, :2], lab[:, 2:])
 
 
-def test_float32_stable_with_large_and_tiny_inputs():
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_stable_with_large_and_tiny_inputs(path):
     z = torch.randn(2, 4, 50, 8) * 1e4
     z[0, 0, 0] = 1e-20
     z.requires_grad_(True)
     lab = torch.randint(0, 3, (2, 4, 50))
-    loss = MVDCL(temperature=0.01)(z) + SMVDCL(temperature=0.01)(z, lab)
+    loss = MVDCL(temperature=0.01, **PATHS[path])(z) + SMVDCL(temperature=0.01, **PATHS[path])(z, lab)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
@@ -225,10 +246,116 @@ def test_bad_input_raises():
                  torch.zeros(1, 2, 2, dtype=torch.long))
 
 
-def test_half_precision_inputs_are_computed_in_float32():
+@pytest.mark.parametrize("path", PATHS)
+def test_half_precision_inputs_are_computed_in_float32(path):
     z, lab = torch.randn(2, 3, 20, 8), torch.randint(0, 3, (2, 3, 20))
-    for loss in (MVDCL(), SMVDCL()):
+    for loss in (MVDCL(**PATHS[path]), SMVDCL(**PATHS[path])):
         args = (lab,) if isinstance(loss, SMVDCL) else ()
         out = loss(z.bfloat16(), *args)
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, loss(z.bfloat16().float(), *args))
+
+
+# ----------------------------------------------------------------------------- streaming path
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 50])
+def test_streaming_lse_gradcheck(chunk):
+    """The custom autograd Function alone (G=2 sets of 7 pixels; chunks dividing 7 or not, or
+    larger than the set) passes torch's numerical gradient check."""
+    z = _rand(2, 7, 3, seed=40).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: losses._StreamingLSE.apply(F.normalize(x, dim=-1), 0.3, chunk), (z,))
+
+
+def _dense_vs_stream(make, z, *args, chunk):
+    a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    va, vb = make(stream_above=None)(a, *args), make(stream_above=0, chunk_size=chunk)(b, *args)
+    ga, gb = torch.autograd.grad(va, a), torch.autograd.grad(vb, b)
+    torch.testing.assert_close(vb, va, **TOL)
+    torch.testing.assert_close(gb[0], ga[0], **TOL)
+
+
+@pytest.mark.parametrize("chunk", [97, 256, 2000])
+def test_streaming_equals_dense_ssdcl_realistic(chunk):
+    """SSDCL as the paper runs it (batch negatives, D=128, 1,000 pixels per view), here B=1
+    (M=2,000): value and gradient of both paths agree in float64."""
+    z, lab = _rand(1, 2, 1000, 128, seed=41), _labels(1, 2, 1000, seed=42)
+    _dense_vs_stream(SSDCL, z, lab, chunk=chunk)
+
+
+def test_streaming_equals_dense_several_sets():
+    """G > 1 contrast sets streamed together (image scope, B*T sets; batch scope, T terms)."""
+    a, t = _rand(3, 2, 150, 32, seed=43), _rand(3, 2, 150, 32, seed=44)
+    for neg in SCOPES:
+        _dense_vs_stream(lambda **kw: DVDCL(0.1, neg, **kw), a, t, chunk=64)
+    z, lab = _rand(2, 3, 100, 16, seed=45), _labels(2, 3, 100, seed=46)
+    _dense_vs_stream(lambda **kw: MVDCL(0.1, "batch", **kw), z, chunk=128)
+    _dense_vs_stream(lambda **kw: SMVDCL(0.1, "image", **kw), z, lab, chunk=50)
+
+
+def test_path_choice_by_set_size(monkeypatch):
+    """Sets of more than ``stream_above`` pixels stream, smaller ones take the dense block;
+    the defaults keep the image-scope losses (M of a few thousand) on the dense path."""
+    calls = []
+    real = losses._StreamingLSE.apply
+    monkeypatch.setattr(losses._StreamingLSE, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    z, keys = _rand(2, 10, 4, seed=47), torch.arange(5).repeat(2).expand(2, 10)
+    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=10)
+    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=None)
+    assert calls == []
+    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=9)
+    assert calls == [(2, 10, 4)]
+    assert losses.STREAM_ABOVE >= 6000  # MVD-CL, 6 views x 1,000 pixels: dense by default
+    assert SSDCL().stream_above == losses.STREAM_ABOVE and SSDCL().chunk_size == losses.CHUNK_SIZE
+
+
+def test_streaming_keeps_no_square_block():
+    """Memory: on the streaming path no tensor the autograd graph keeps and no tensor any op
+    creates (forward or backward) has more than ``chunk_size * M`` elements; the dense path
+    keeps the ``M x M`` block."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    Largest.largest = max(Largest.largest, t.numel())
+            return out
+
+    z, lab = torch.randn(2, 2, 100, 8), torch.randint(0, 3, (2, 2, 100))
+    m, chunk = 400, 16
+    for kw, limit in ((dict(stream_above=0, chunk_size=chunk), chunk * m), (dict(stream_above=None), m * m)):
+        saved = []
+        x = z.clone().requires_grad_(True)
+        Largest.largest = 0
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t), \
+                Largest():
+            SSDCL(**kw)(x, lab).backward()
+        assert max(saved) <= limit and Largest.largest <= limit
+        assert (max(saved) == m * m) == (kw["stream_above"] is None)
+
+
+def test_streaming_under_autocast():
+    """Under autocast (bfloat16 matmuls, on CPU here) the streaming path stays close to the dense
+    one and returns float32, like it."""
+    z, lab = torch.randn(2, 2, 60, 16), torch.randint(0, 3, (2, 2, 60))
+    out = {}
+    for path, kw in PATHS.items():
+        x = z.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = SSDCL(**kw)(x, lab)
+        loss.backward()
+        assert loss.dtype == torch.float32 and x.grad.dtype == torch.float32
+        out[path] = (loss.detach(), x.grad)
+    torch.testing.assert_close(out["stream"][0], out["dense"][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out["stream"][1], out["dense"][1], rtol=5e-2, atol=1e-3)
+
+
+def test_bad_chunking_raises():
+    with pytest.raises(ValueError, match="chunk_size"):
+        SSDCL(chunk_size=0)
+    with pytest.raises(ValueError, match="stream_above"):
+        MVDCL(stream_above=-1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        multi_positive_nce(_rand(1, 4, 3), torch.zeros(1, 4, dtype=torch.long), None, 0.1, 1, chunk_size=0)
