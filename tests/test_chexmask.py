@@ -103,22 +103,69 @@ def test_read_csv_row_label_map_and_quality_filter(tmp_path):
     assert list(cm.quality_filter(df, 0.8).index) == ["a.png"]
     assert list(cm.quality_filter(df, 0.79).index) == ["a.png", "b.png"]
     assert list(cm.quality_filter(df, 0.88, column="Dice RCA (Max)").index) == ["a.png", "c.png"]
-    lab = cm.row_label_map(df.loc["a.png"], 8)
     expected = np.zeros((8, 8), np.uint8)
     expected[2:6, 1:3] = 1
     expected[1:7, 5:7] = 2
-    np.testing.assert_array_equal(lab, expected)
-    np.testing.assert_array_equal(cm.row_label_map(df.loc["a.png"], 4), expected[1::2, 1::2])
+    np.testing.assert_array_equal(cm.decode_row(df.loc["a.png"]), expected)
+    # an 8 x 8 row is an "OriginalResolution" row of an 8 x 8 image (whole image as content box)
+    assert cm.mask_frame(df.loc["a.png"], (8, 8)) == "original"
+    np.testing.assert_array_equal(cm.row_label_map(df.loc["a.png"], 8, image_shape=(8, 8)), expected)
+    np.testing.assert_array_equal(cm.row_label_map(df.loc["a.png"], 4, image_shape=(8, 8)), expected[1::2, 1::2])
 
 
-def test_row_label_map_refuses_non_square_and_names_source(tmp_path):
+def test_preprocessed_frame_and_original_resolution_rows(tmp_path):
+    """A 1024 x 1024 row is resized; a row at the image's (height, width) follows the image's
+    crop box, square padding and resize, exactly like a gold mask."""
+    f = cm.PREPROCESSED_SIZE
+    assert f == 1024
+    frame = np.zeros((f, f), np.uint8)
+    frame[256:768, 128:448] = 1  # right lung, image left
+    frame[300:700, 576:896] = 2
+    h, w, box = 40, 30, (5, 37, 2, 28)  # image 40 x 30, content 32 x 26 after the border crop
+    full = np.zeros((h, w), np.uint8)
+    full[10:30, 4:12], full[12:28, 16:26] = 1, 2
+    rows = [["pre.png", 0.9, 0.9, "[]", cm.rle_encode(frame == 2), cm.rle_encode(frame == 1), "", f, f],
+            ["orig.png", 0.9, 0.9, "[]", cm.rle_encode(full == 2), cm.rle_encode(full == 1), "", h, w]]
+    df = cm.read_chexmask(_csv(tmp_path, rows))
+    pre = df.loc["pre.png"]
+    assert cm.mask_frame(pre) == "preprocessed" and cm.mask_frame(pre, (2000, 1700)) == "preprocessed"
+    np.testing.assert_array_equal(cm.row_label_map(pre, 8, image_shape=(2000, 1700), box=(0, 9, 0, 9)),
+                                  cm.resize_nearest(frame, 8))
+    orig = df.loc["orig.png"]
+    assert cm.mask_frame(orig, (h, w)) == "original"
+    out = cm.row_label_map(orig, 16, image_shape=(h, w), box=box)
+    from cfcl.data import padchest as pc
+
+    np.testing.assert_array_equal(out, pc.preprocess_mask(full, box, 16))
+    # the content (32 x 26) is padded left/right by 3 columns: the lungs move accordingly
+    expected = cm.resize_nearest(pc.pad_to_square(full[5:37, 2:28]), 16)
+    np.testing.assert_array_equal(out, expected)
+    assert out[:, :1].max() == 0 and set(np.unique(out)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("rows_cols,image,hint", [((512, 512), (2000, 1700), ""),  # another square frame
+                                                   ((30, 40), (40, 30), "swapped"),  # transposed
+                                                   ((40, 31), (40, 30), ""),
+                                                   ((1024, 1000), None, "")])
+def test_row_in_another_frame_is_refused_naming_csv_image_and_sizes(tmp_path, rows_cols, image, hint):
+    h, w = rows_cols
+    rows = [["x.png", 0.9, 0.9, "[]", "", "1 3", "", h, w]]
+    path = _csv(tmp_path, rows)
+    row = cm.read_chexmask(path).loc["x.png"]
+    size = "unknown size" if image is None else rf"its image is {image[0]} x {image[1]} \(height x width\)"
+    msg = rf"Padchest\.csv: ImageID x\.png has a {h} x {w} \(Height x Width\) mask but .*{size}.*{hint}"
+    with pytest.raises(ValueError, match=msg):
+        cm.row_label_map(row, 8, source=str(path), image_shape=image)
+
+
+def test_row_label_map_refuses_transposed_row_and_names_source(tmp_path):
     rows = [["a.png", 0.9, 0.9, "[]", "", "1 3", "", 2, 5],
             ["b.png", 0.9, 0.9, "[]", "", "1 99", "", 4, 4]]
     df = cm.read_chexmask(_csv(tmp_path, rows))
-    with pytest.raises(ValueError, match=r"a\.png has a 2 x 5 \(Height x Width\) mask"):
-        cm.row_label_map(df.loc["a.png"], 4, source="Padchest.csv")
+    with pytest.raises(ValueError, match=r"a\.png has a 2 x 5 \(Height x Width\) mask but its image is 5 x 2"):
+        cm.row_label_map(df.loc["a.png"], 4, source="Padchest.csv", image_shape=(5, 2))
     with pytest.raises(ValueError, match=r"Padchest\.csv: ImageID b\.png, column 'Right Lung'.*4 x 4 = 16"):
-        cm.row_label_map(df.loc["b.png"], 4, source="Padchest.csv")
+        cm.row_label_map(df.loc["b.png"], 4, source="Padchest.csv", image_shape=(4, 4))
 
 
 def test_read_chexmask_errors_name_file(tmp_path):

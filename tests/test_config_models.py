@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfcl.config import PROFILES, get_profile
+from cfcl.config import PROFILES, SettingError, get_profile, parse_overrides
 from cfcl.data.metadata import joint_distribution
 from cfcl.finetune import folds, soft_dice_loss
 from cfcl.models import CFCLNet, load_pretrained, transfer_prefixes
@@ -22,10 +22,73 @@ def test_overrides_and_errors():
         get_profile("smoke", **{"pretrain.stepz": 1})
 
 
-def test_section_hash_tracks_only_its_sections():
-    a = get_profile("smoke")
-    assert a.section_hash("data") == get_profile("smoke", **{"pretrain.steps": 99}).section_hash("data")
-    assert a.section_hash("data") != get_profile("smoke", **{"data.seed": 1}).section_hash("data")
+@pytest.mark.parametrize("override, key", [
+    ("pretrain.steps=0", "pretrain.steps"), ("pretrain.steps=-5", "pretrain.steps"),
+    ("pretrain.steps=abc", "pretrain.steps"), ("pretrain.batch_size=0", "pretrain.batch_size"),
+    ("pretrain.pixels_per_view=100000", "pretrain.pixels_per_view"), ("hvae.epochs=0", "hvae.epochs"),
+    ("finetune.batch_size=1", "finetune.batch_size"), ("data.image_size=48", "data.image_size"),
+    ("pretrain.negatives=all", "pretrain.negatives"), ("pretrain.cf_source=gan", "pretrain.cf_source"),
+    ("seed=-1", "seed"), ("pretrain.lr=fast", "pretrain.lr"), ("data.effusion_prevalence=1.5", "data.effusion_prevalence"),
+    ("hvae.widths=8,16", "hvae.widths"), ("data.n_annotated_healthy=1", "data.n_annotated_healthy"),
+    ("latent.n_images=99", "latent.n_images"), ("hvae.stem_stride=3", "hvae.stem_stride"),
+    ("pretrain.steps=1.5", "pretrain.steps"), ("pretrain.steps=true", "pretrain.steps"),
+])
+def test_invalid_settings_are_refused_naming_the_key(override, key):
+    with pytest.raises(SettingError, match=key.replace(".", r"\.")):
+        get_profile("smoke", override)
+
+
+def test_values_are_converted_to_the_setting_type():
+    p = get_profile("smoke", "pretrain.steps=5 pretrain.lr=1 hvae.widths=8,16,16,16 data.effusion_prevalence=null")
+    assert p.pretrain.steps == 5 and isinstance(p.pretrain.lr, float) and p.hvae.widths == (8, 16, 16, 16)
+    assert p.data.effusion_prevalence is None
+    assert get_profile("smoke", {"pretrain.steps": "7"}).pretrain.steps == 7
+    assert parse_overrides("a.b=1 c=x 'd=two words'") == {"a.b": 1, "c": "x", "d": "two words"}
+    with pytest.raises(SettingError, match="key=value"):
+        parse_overrides("pretrain.steps")
+
+
+def test_real_data_has_no_oracle():
+    with pytest.raises(SettingError, match="cf_source"):
+        get_profile("smoke", "data.source=padchest pretrain.cf_source=oracle")
+
+
+def test_variant_label_and_the_commands_that_remake_a_profile():
+    p = get_profile("smoke", "pretrain.cf_source=oracle seed=1", variant="oracle")
+    assert p.label == "smoke-oracle" and get_profile("smoke").label == "smoke"
+    assert p.cli() == "--profile smoke --set pretrain.cf_source=oracle seed=1"
+    assert p.make_args() == "PROFILE=smoke VARIANT=oracle SET='pretrain.cf_source=oracle seed=1'"
+    again = get_profile(p.name, " ".join(p.overrides), p.variant)
+    assert again == p
+    with pytest.raises(SettingError, match="plain name"):
+        get_profile("smoke", "seed=1", variant="a/b")
+
+
+@pytest.mark.slow
+def test_entry_points_exit_non_zero_naming_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "CFCL_RUNS": str(tmp_path), "CFCL_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "cfcl.pretrain", "--profile", "smoke", "--method", "vader",
+                          "--set", "pretrain.steps=0"], capture_output=True, text=True, env=env)
+    assert out.returncode != 0 and "pretrain.steps" in out.stderr
+
+
+def test_method_registry_is_the_one_source():
+    from cfcl import methods
+
+    assert methods.FINETUNE_METHODS == ("none",) + methods.PRETRAIN_METHODS
+    assert methods.PROPOSED == ("dvd_cl", "mvd_cl", "s_dvd_cl", "s_mvd_cl")
+    assert methods.METHODS["s_mvd_cl"].table2["DSC"] == (93.93, 1.92)
+    assert methods.METHODS["s_dvd_cl"].table1 == (17.07, 0.9581)
+    with pytest.raises(KeyError, match="unknown method"):
+        methods.get("none", pretrained=True)
+    import subprocess
+
+    out = subprocess.run(["python3", "-m", "cfcl.methods", "proposed"], capture_output=True, text=True,
+                         cwd=__import__("pathlib").Path(__file__).parents[1])
+    assert out.stdout.split() == list(methods.PROPOSED)
 
 
 def test_paper_profile_is_the_paper():
@@ -107,7 +170,7 @@ def test_soft_dice_loss_is_zero_for_a_perfect_prediction():
 def test_claims_read_table2_correctly():
     import pandas as pd
 
-    from cfcl.config import FINETUNE_METHODS
+    from cfcl.methods import FINETUNE_METHODS
     from cfcl.results import claims
 
     dsc = {"none": 80, "simclr": 85, "vader": 86, "dvd_cl": 88, "mvd_cl": 87, "chexmask": 90,

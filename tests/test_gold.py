@@ -78,3 +78,15 @@ def test_index_errors_name_the_csv(tmp_path):
     folder = _folder(tmp_path, {"ImageID": ["x.png"], "effusion": [0], "mask": ["masks/none.png"]})
     with pytest.raises(FileNotFoundError, match=r"annotated\.csv: mask file .*none\.png of ImageID x\.png"):
         gd.read_gold_index(folder)
+
+
+def test_empty_mask_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "masks" / "blank.png"
+    gd.write_gold_mask(path, np.zeros((6, 9), np.uint8))
+    with pytest.raises(ValueError, match=r"gold mask .*blank\.png is empty \(all background\)"):
+        gd.read_gold_mask(path, shape=(6, 9))
+    assert gd.read_gold_mask(path, allow_empty=True).max() == 0
+    one_lung = np.zeros((6, 9), np.uint8)
+    one_lung[1:5, 1:3] = 1
+    gd.write_gold_mask(path, one_lung)
+    np.testing.assert_array_equal(gd.read_gold_mask(path), one_lung)

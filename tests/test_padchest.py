@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -12,12 +13,16 @@ from cfcl.config import DataConfig, get_profile
 from cfcl.data import chexmask as cm
 from cfcl.data import gold as gd
 from cfcl.data import load_split as dispatch_load_split
+from cfcl.data import make_data
 from cfcl.data import padchest as pc
 from cfcl.data.metadata import filter_metadata, read_metadata
+from cfcl.runs import ArtifactError, MissingRunError
 
-FRAME = 32  # side of the fake "Preprocessed" CheXmask frame (1024 in the real release)
-SIZE = 16  # project image size in these tests
+FRAME = cm.PREPROCESSED_SIZE  # side of the "Preprocessed" CheXmask frame (1024)
+SIZE = 32  # project image size in these tests
 ANNOTATED = ["gold0.png", "gold1.png", "gold2.png", "gold4.png", "gold2_nochex.png"]
+# CheXmask rows of these images are at the image's original resolution ("OriginalResolution")
+ORIGINAL = {"gold1.png", "img01_0.png", "img05_0.png", "img10_0.png"}
 
 
 def _meta_row(image_id, patient, sex="F", scanner=0, labels="['normal']", projection="PA",
@@ -122,7 +127,7 @@ def test_read_png_errors_name_the_file(tmp_path):
 
 def _case(rng):
     """A 16-bit image with black borders, dark lungs on a bright body, and its label map."""
-    h, w = (int(v) for v in rng.integers(28, 44, 2))
+    h, w = (int(v) for v in rng.integers(72, 96, 2))
     t, b, l, r = (int(v) for v in rng.integers(0, 5, 4))
     ch, cw = h - t - b, w - l - r
     content = 40000 + rng.integers(0, 2000, (ch, cw))
@@ -158,8 +163,9 @@ def fake(tmp_path, monkeypatch):
             folder.mkdir(exist_ok=True)
             _png16(folder / image_id, img)
         if in_chexmask:
-            chex.append([image_id, quality, min(1.0, quality + 0.05), "[]", cm.rle_encode(frame == 2),
-                         cm.rle_encode(frame == 1), "", FRAME, FRAME])
+            rle = full if image_id in ORIGINAL else frame
+            chex.append([image_id, quality, min(1.0, quality + 0.05), "[]", cm.rle_encode(rle == 2),
+                         cm.rle_encode(rle == 1), "", *rle.shape])
         if gold is not None:
             gd.write_gold_mask(gold_dir / "masks" / image_id, full)
             gold_rows.append({"ImageID": image_id, "effusion": gold, "mask": f"masks/{image_id}"})
@@ -221,9 +227,11 @@ def test_assignment_patient_level_balanced_deterministic(fake):
 
 def test_load_split_end_to_end_and_cache(fake, monkeypatch):
     cfg, truth, tmp_path = fake
-    prof = get_profile("smoke", **{f"data.{k}": v for k, v in vars(cfg).items()})
+    prof = get_profile("smoke", **{f"data.{k}": v for k, v in vars(cfg).items()}, **{"finetune.folds": 2})
+    with pytest.raises(MissingRunError, match="python -m cfcl.data"):
+        dispatch_load_split(prof, "annotated")  # the data stage makes the data, reading never does
     with pytest.warns(UserWarning):
-        ann = dispatch_load_split(prof, "annotated")
+        ann, = make_data(prof, ("annotated",))
     assert ann.images.dtype == np.uint8 and ann.images.shape == (5, SIZE, SIZE)
     assert ann.counterfactuals is None and ann.gold is not None
     assert ann.ids == ANNOTATED
@@ -233,7 +241,8 @@ def test_load_split_end_to_end_and_cache(fake, monkeypatch):
         img, full, frame = truth[image_id]
         box = pc.content_box(img)
         np.testing.assert_array_equal(ann.gold[i], pc.preprocess_mask(full, box, SIZE))
-        np.testing.assert_array_equal(ann.silver[i], cm.resize_nearest(frame, SIZE))
+        silver = pc.preprocess_mask(full, box, SIZE) if image_id in ORIGINAL else cm.resize_nearest(frame, SIZE)
+        np.testing.assert_array_equal(ann.silver[i], silver)
         np.testing.assert_array_equal(ann.images[i], pc.preprocess_image(img, SIZE)[0])
         # the silver mask lies on the image's dark lungs: both lungs present, on the right sides
         lungs, body = ann.images[i][ann.silver[i] > 0], ann.images[i][(ann.silver[i] == 0) & (ann.images[i] > 0)]
@@ -249,6 +258,16 @@ def test_load_split_end_to_end_and_cache(fake, monkeypatch):
         val = pc.load_split(cfg, "val")
     assert test.gold is None and len(test) == 8 and len(val) == 6
     assert (val.quality >= 0.8).all()
+    # every silver mask lines up, whichever CheXmask frame its row is in (both kinds are here)
+    for split in (test, val):
+        for i, image_id in enumerate(split.ids):
+            img, full, frame = truth[image_id]
+            box = pc.content_box(img)
+            expected = (pc.preprocess_mask(full, box, SIZE) if image_id in ORIGINAL
+                        else cm.resize_nearest(frame, SIZE))
+            np.testing.assert_array_equal(split.silver[i], expected)
+            np.testing.assert_array_equal(split.images[i], pc.preprocess_image(img, SIZE)[0])
+    assert ORIGINAL & (set(test.ids) | set(val.ids)), "no original-resolution CheXmask row was exercised"
     assert not set(test.parents["PatientID"]) & set(val.parents["PatientID"])
 
     # second call: from the cache (no table is read), memmapped, no temp files left
@@ -257,12 +276,18 @@ def test_load_split_end_to_end_and_cache(fake, monkeypatch):
     assert isinstance(again.images, np.memmap)
     np.testing.assert_array_equal(again.images, val.images)
     assert again.ids == val.ids
-    cache = tmp_path / "cache" / "padchest" / pc.cache_key(cfg)
-    assert not list(cache.rglob("*.tmp"))
-    manifest = json.loads((cache / "val" / "manifest.json").read_text())
+    val_dir = tmp_path / "cache" / "padchest" / f"val-padchest-{pc.cache_key(cfg)}"
+    assert not list(val_dir.parent.rglob("*.tmp"))
+    manifest = json.loads((val_dir / "manifest.json").read_text())
     assert manifest["n"] == 6 and manifest["counts"]["without_passing_chexmask"] == 3  # lowq, nochex, gold2_nochex
-    # a cache without its manifest (a build cut short) is not trusted
-    (cache / "val" / "manifest.json").unlink()
+    # damaged arrays are refused, naming the file
+    with open(val_dir / "images.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 8)
+    with pytest.raises(ArtifactError, match="images.npy"):
+        pc.load_split(cfg, "val")
+    # a cache without its manifest (a build cut short) is not trusted: rebuilt
+    (val_dir / "manifest.json").unlink()
     with pytest.raises(AssertionError, match="re-planned"):
         pc.load_split(cfg, "val")
 
@@ -316,3 +341,79 @@ def test_errors_missing_settings_corrupt_png_wrong_size_mask(fake, monkeypatch):
             (sub / "gold0.png").unlink(missing_ok=True)
     with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match="'gold0.png'.*data.padchest_images"):
         pc.assign_splits(cfg)
+
+
+def _rewrite_chexmask(tmp_path, image_id, height, width, labels=None):
+    path = tmp_path / "Padchest.csv"
+    df = pd.read_csv(path, dtype={"ImageID": str}, keep_default_na=False)
+    i = df.index[df["ImageID"] == image_id][0]
+    df.loc[i, ["Height", "Width"]] = height, width
+    if labels is not None:
+        df.loc[i, "Left Lung"], df.loc[i, "Right Lung"] = cm.rle_encode(labels == 2), cm.rle_encode(labels == 1)
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:.*only 3 of 4 effusion")
+def test_chexmask_row_in_another_frame_is_refused(fake):
+    """Only the 1024 x 1024 "Preprocessed" frame or the image's own (height, width) are valid;
+    a square 512 frame or a transposed original-resolution row fails, naming CSV, image and sizes."""
+    cfg, truth, tmp_path = fake
+    img, full, frame = truth["gold0.png"]
+    h, w = img.shape
+    small = cm.resize_nearest(frame, 512)
+    path = _rewrite_chexmask(tmp_path, "gold0.png", 512, 512, small)  # used to be silently resized
+    msg = (rf"{str(path)}: ImageID gold0\.png has a 512 x 512 \(Height x Width\) mask but its image is "
+           rf"{h} x {w} \(height x width\)")
+    with pytest.raises(ValueError, match=msg):
+        pc.load_split(cfg, "annotated")
+    if h != w:  # the height/width trap of an original-resolution row
+        _rewrite_chexmask(tmp_path, "gold0.png", w, h, full.T.copy())
+        with pytest.raises(ValueError, match=rf"gold0\.png has a {w} x {h} .*swapped"):
+            pc.load_split(cfg, "annotated")
+    _rewrite_chexmask(tmp_path, "gold0.png", h, w, full)  # the image's own size: accepted
+    ann = pc.load_split(cfg, "annotated")
+    np.testing.assert_array_equal(ann.silver[0], pc.preprocess_mask(full, pc.content_box(img), SIZE))
+
+
+@pytest.mark.filterwarnings("ignore:.*only 3 of 4 effusion")
+def test_small_image_and_empty_gold_mask_are_refused(fake):
+    cfg, truth, tmp_path = fake
+    # an image whose content is under 64 px on one side after the border crop: names the file
+    with pytest.warns(UserWarning):
+        row = pc.assign_splits(cfg).query("split == 'val'").iloc[0]
+    small = np.zeros((120, 90), np.uint16)
+    small[10:110, 20:83] = 40000  # 100 x 63 content
+    _png16(row["path"], small)
+    with pytest.raises(ValueError, match=rf"{row['path']}: its content is 100 x 63 px .*at least 64 px"):
+        pc.load_split(cfg, "val")
+    # an empty gold mask of an annotated image: names the mask file
+    h, w = truth["gold1.png"][0].shape
+    gd.write_gold_mask(tmp_path / "gold" / "masks" / "gold1.png", np.zeros((h, w), np.uint8))
+    with pytest.raises(ValueError, match=r"gold mask .*gold1\.png is empty"):
+        pc.load_split(cfg, "annotated")
+
+
+def test_cache_key_covers_pngs_and_gold_masks(fake):
+    cfg, truth, tmp_path = fake
+    key = pc.cache_key(cfg)
+    assert pc.cache_key(cfg) == key  # stable while nothing changes
+    png = next((tmp_path / "padchest").rglob("img03_0.png"))
+    st = png.stat()
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    touched = pc.cache_key(cfg)
+    assert touched != key
+    img = pc.read_png(png)
+    _png16(png, np.flipud(img))  # replaced
+    replaced = pc.cache_key(cfg)
+    assert replaced not in (key, touched)
+    _png16(tmp_path / "padchest" / "new.png", img)  # a newly downloaded image joins the pool
+    assert pc.cache_key(cfg) not in (key, touched, replaced)
+    (tmp_path / "padchest" / "new.png").unlink()
+    assert pc.cache_key(cfg) == replaced
+    (tmp_path / "padchest" / "notes.txt").write_text("not an image")  # not an input
+    assert pc.cache_key(cfg) == replaced
+    mask = tmp_path / "gold" / "masks" / "gold2.png"
+    st = mask.stat()
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert pc.cache_key(cfg) != replaced

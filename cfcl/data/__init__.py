@@ -2,10 +2,15 @@
 
 ``load_split(profile, split)`` returns a :class:`ChestSplit` whatever the source:
 
-- ``phantom`` (default): the structural causal model of :mod:`cfcl.data.phantom`, generated
-  once per data config into the cache folder; it also provides exact counterfactuals.
+- ``phantom`` (default): the structural causal model of :mod:`cfcl.data.phantom`; it also
+  provides exact counterfactuals.
 - ``padchest``: real PadChest images (:mod:`cfcl.data.padchest`), CheXmask silver masks
   (:mod:`cfcl.data.chexmask`) and a folder of manual gold masks (:mod:`cfcl.data.gold`).
+
+The data is the first stage of the run layer (:mod:`cfcl.runs`): each split is one run, under
+``cache/<source>/<split>-<key>/``, whose key (:func:`data_key`) covers everything the source reads
+(for the phantom its settings and renderer version; for PadChest the settings and the input
+files). ``make_data(profile)`` (``python -m cfcl.data``, notebook 00) makes the splits.
 
 Splits: ``pretrain`` and ``val`` (images, parents, silver masks), ``annotated`` (the 70
 images with gold masks used for 5-fold fine-tuning: 20 healthy, 50 effusion) and ``test``
@@ -29,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from cfcl.config import Profile
+from cfcl.runs import Run
 
 SPLITS = ("pretrain", "val", "annotated", "test")
 
@@ -59,32 +65,47 @@ class ChestSplit:
             raise ValueError(f"split {self.name!r}: parents has {len(self.parents)} rows, images have {n}")
 
 
-def load_split(profile: Profile, split: str) -> ChestSplit:
-    """Load (generating on first use, for the phantom) one split of the profile's data source."""
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
-    source = profile.data.source
-    if source == "phantom":
-        from cfcl.data import phantom
-
-        return phantom.load_split(profile.data, split)
-    if source == "padchest":
-        from cfcl.data import padchest
-
-        return padchest.load_split(profile.data, split)
-    raise ValueError(f"unknown data source {source!r} (setting data.source): use 'phantom' or 'padchest'")
 
 
-def data_fingerprint(profile: Profile) -> str:
-    """A short key that changes whenever the data a run sees changes: the source's cache key
-    (for the phantom it includes the renderer version). Stored in checkpoint signatures so that
-    a run never reuses results computed on other data."""
-    if profile.data.source == "phantom":
-        from cfcl.data import phantom
+def data_key(profile: Profile) -> str:
+    """The one key of the data a run sees: ``<source>-<hash>`` of everything the source reads
+    (phantom: its settings and renderer version; PadChest: settings, options and input files)."""
+    from cfcl.data.store import source_key
 
-        return f"phantom-{phantom.config_hash(profile.data)}"
+    return source_key(profile.data)
+
+
+def data_run(profile: Profile, split: str) -> Run:
+    """The data run of one split (stage = the source, label = the split, key = :func:`data_key`)."""
+    from cfcl.data.store import split_run
+
+    return split_run(profile.data, split,
+                     remake=f"python -m cfcl.data {profile.cli()}  (or: make data {profile.make_args()})")
+
+
+def load_split(profile: Profile, split: str) -> ChestSplit:
+    """One split of the profile's data, verified against its manifest. The data is made by
+    :func:`make_data` (notebook 00, ``python -m cfcl.data``): a split not made yet is an error
+    naming that command, never made behind the caller's back."""
+    _check_split(split)
+    from cfcl.data.store import read_split
+
     if profile.data.source == "padchest":
-        from cfcl.data import padchest
+        from cfcl.data.padchest import check_settings
 
-        return f"padchest-{padchest.cache_key(profile.data)}"
-    raise ValueError(f"unknown data source {profile.data.source!r} (setting data.source)")
+        check_settings(profile.data)  # a missing path is named before anything else
+    return read_split(data_run(profile, split))
+
+
+def make_data(profile: Profile, splits: tuple[str, ...] = SPLITS) -> list[ChestSplit]:
+    """Make (or verify) the splits of the profile's data: the data stage."""
+    from cfcl.data.store import ensure_split
+
+    if profile.data.source == "padchest":
+        from cfcl.data.padchest import check_settings
+
+        check_settings(profile.data)
+    return [ensure_split(profile.data, s, data_run(profile, s).remake) for s in splits]

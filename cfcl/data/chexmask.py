@@ -9,9 +9,18 @@ masks live in the 1024x1024 frame of the image after CheXmask's preprocessing (b
 stripped, zero-padded to a centred square, resized), which :mod:`cfcl.data.padchest`
 reproduces; mapping to the project's resolution is then a plain nearest-neighbour resize.
 
-Height/width trap: a mask is always reshaped to ``(Height, Width)`` (rows first) and a mask
-that is not square is refused when mapped into the square frame, rather than silently
-transposed or stretched.
+Which frame a row is in (:func:`mask_frame`): a row is valid only if
+
+- ``Height == Width == PREPROCESSED_SIZE`` (1024): the "Preprocessed" release, or
+- ``(Height, Width)`` equals the original ``(height, width)`` of its PadChest PNG: the
+  "OriginalResolution" release, mapped like a gold mask (the image's border crop box, square
+  padding, nearest resize; :func:`cfcl.data.padchest.preprocess_mask`).
+
+Anything else (a square 512 frame, a transposed ``Width x Height`` row: REFERENCES section 4's
+height/width trap) is refused with an error naming the CSV, the ImageID, the row's
+``Height x Width`` and the image's size, never silently resized, transposed or stretched. A mask
+is always reshaped to ``(Height, Width)`` (rows first). When an original image happens to be
+exactly 1024 x 1024 the row is read as "Preprocessed" (identical unless the image has borders).
 
 Side convention: CheXmask's "Right Lung" is the *patient's* right lung, which appears on the
 *image's* left (radiological convention); it becomes label 1, "Left Lung" becomes label 2
@@ -31,6 +40,7 @@ COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lu
 NEEDED_COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Left Lung", "Right Lung",
                   "Height", "Width")
 QUALITY_COLUMN = "Dice RCA (Mean)"
+PREPROCESSED_SIZE = 1024  # side of the "Preprocessed" release's square frame
 RIGHT_LUNG_LABEL = 1  # patient's right lung, image left
 LEFT_LUNG_LABEL = 2  # patient's left lung, image right
 
@@ -165,21 +175,62 @@ def resize_nearest(labels: np.ndarray, height: int, width: int | None = None) ->
     return labels[rows[:, None], cols[None, :]]
 
 
-def row_label_map(row: pd.Series, size: int, source: str = "CheXmask CSV") -> np.ndarray:
-    """One CheXmask row (a "Preprocessed", square mask) to a ``(size, size)`` uint8 label map.
+def mask_frame(row: pd.Series, image_shape: tuple[int, int] | None = None,
+               source: str = "CheXmask CSV") -> str:
+    """Which frame a CheXmask row's ``Height``/``Width`` belong to: ``"preprocessed"`` or ``"original"``.
 
-    ``source`` names the file in error messages. Refuses a non-square mask: only the square
-    "Preprocessed" frame maps onto the project's images without the original padding offsets.
+    ``image_shape``: the ``(height, width)`` of the row's PadChest PNG (None: unknown, then only
+    the "Preprocessed" frame is accepted). Raises ``ValueError`` naming ``source`` (the CSV), the
+    ImageID, the row's ``Height x Width`` and the image's size for any other frame.
     """
     image_id = row.name if row.name is not None else row.get("ImageID", "?")
     h, w = int(row["Height"]), int(row["Width"])
-    if h != w:
-        raise ValueError(f"{source}: ImageID {image_id} has a {h} x {w} (Height x Width) mask; "
-                         "expected a square mask of the 'Preprocessed' CheXmask release")
+    if h == w == PREPROCESSED_SIZE:
+        return "preprocessed"
+    if image_shape is not None and (h, w) == tuple(int(v) for v in image_shape):
+        return "original"
+    if image_shape is None:
+        image = "an image of unknown size"
+        hint = ""
+    else:
+        ih, iw = (int(v) for v in image_shape)
+        image = f"its image is {ih} x {iw} (height x width)"
+        hint = " (Height and Width swapped?)" if (w, h) == (ih, iw) else ""
+    raise ValueError(f"{source}: ImageID {image_id} has a {h} x {w} (Height x Width) mask but {image}{hint}; "
+                     f"a CheXmask row must be in the {PREPROCESSED_SIZE} x {PREPROCESSED_SIZE} frame of the "
+                     "'Preprocessed' release or at the image's original resolution (the "
+                     "'OriginalResolution' release)")
+
+
+def decode_row(row: pd.Series, source: str = "CheXmask CSV") -> np.ndarray:
+    """Both lungs of one CheXmask row as a ``(Height, Width)`` uint8 label map (no frame check)."""
+    image_id = row.name if row.name is not None else row.get("ImageID", "?")
+    h, w = int(row["Height"]), int(row["Width"])
     masks = []
     for col in ("Right Lung", "Left Lung"):
         try:
             masks.append(rle_decode(row[col], h, w))
         except ValueError as exc:
             raise ValueError(f"{source}: ImageID {image_id}, column {col!r}: {exc}") from exc
-    return resize_nearest(label_map(*masks), size)
+    return label_map(*masks)
+
+
+def row_label_map(row: pd.Series, size: int, source: str = "CheXmask CSV",
+                  image_shape: tuple[int, int] | None = None,
+                  box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """One CheXmask row to a ``(size, size)`` uint8 label map in the project's frame.
+
+    A "Preprocessed" row (1024 x 1024) is resized (nearest). A row at the original resolution
+    ``image_shape`` is cropped to the image's content ``box`` (``(top, bottom, left, right)``,
+    default: the whole image), zero-padded to a centred square and resized, exactly like a gold
+    mask. Any other ``Height x Width`` raises ``ValueError`` (:func:`mask_frame`); ``source``
+    names the file in every error.
+    """
+    frame = mask_frame(row, image_shape, source)
+    labels = decode_row(row, source)
+    if frame == "preprocessed":
+        return resize_nearest(labels, size)
+    from cfcl.data.padchest import preprocess_mask  # padchest imports this module
+
+    h, w = labels.shape
+    return preprocess_mask(labels, box if box is not None else (0, h, 0, w), size)

@@ -18,6 +18,11 @@ image** (same height and width as the image's PNG), with values 0 background, 1 
 right lung (image left), 2 the patient's left lung (image right). The original resolution is
 used because it needs no knowledge of any preprocessing; :mod:`cfcl.data.padchest` crops, pads
 and resizes the mask exactly like its image (nearest neighbour).
+
+An empty mask (all background) is refused with an error naming the file: every annotated or
+test image is a PA chest radiograph with lungs, so an empty mask is a missing or failed
+annotation, and fine-tuning on it or scoring against it would silently teach or reward "no lung".
+Fix the annotation or remove the image's row from the CSV.
 """
 from __future__ import annotations
 
@@ -80,12 +85,14 @@ def read_gold_index(folder: str | os.PathLike, name: str = ANNOTATED_INDEX,
     return df.reset_index(drop=True)
 
 
-def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None,
+                   allow_empty: bool = False) -> np.ndarray:
     """Read one gold mask PNG; returns ``(H, W)`` uint8 with values in {0, 1, 2}.
 
     ``shape``: the expected ``(height, width)`` (that of the image); a mask of another size
-    raises ``ValueError`` naming the file and both sizes. Unreadable files, colour images and
-    values other than 0/1/2 raise errors naming the file.
+    raises ``ValueError`` naming the file and both sizes. Unreadable files, colour images,
+    values other than 0/1/2 and (unless ``allow_empty``) an all-background mask raise errors
+    naming the file.
     """
     path = Path(path)
     try:
@@ -105,6 +112,10 @@ def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None
     if bad.size:
         raise ValueError(f"gold mask {path} holds values {bad[:5].tolist()}; expected only 0 "
                          "(background), 1 (right lung, image left), 2 (left lung, image right)")
+    if not allow_empty and not arr.any():
+        raise ValueError(f"gold mask {path} is empty (all background): every annotated or test image "
+                         "needs its lungs outlined; fix the annotation or drop the image's row from the "
+                         "gold index (see docs/real_data.md)")
     return arr.astype(np.uint8)
 
 

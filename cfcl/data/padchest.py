@@ -34,10 +34,17 @@ intensity window is the project's choice (the paper is silent): the 0.5 / 99.5 p
 the cropped image (exact, from its histogram) map to 0 / 1 before padding, padding is 0, and
 the antialiased bilinear resize to ``image_size`` is rounded to uint8.
 
-The arrays are cached under ``cache_dir() / "padchest" / <key> / <split>`` (``<key>`` hashes the
-DataConfig, the options and the size/mtime of the metadata, CheXmask and gold index files) as
-``.npy`` (opened as memmaps), ``parents.csv`` and ``manifest.json`` written last; a folder
-without a matching manifest is rebuilt, never trusted.
+Checks while decoding (each error names the file): content smaller than ``MIN_CONTENT_SIZE``
+(64) px on either side after the border crop; a CheXmask row neither in the 1024 x 1024
+"Preprocessed" frame nor at the image's original ``(height, width)``
+(:func:`cfcl.data.chexmask.mask_frame`; an original-resolution row is mapped like a gold mask);
+a gold mask of another size, with values other than 0/1/2, or empty (:mod:`cfcl.data.gold`).
+
+The decoded splits are runs of the data store (:mod:`cfcl.data.store`):
+``cache/padchest/<split>-padchest-<key>/`` (``<key>`` hashes the DataConfig, the options, the
+size/mtime of the metadata, CheXmask and gold index files, and the name/size/mtime of every PNG
+under ``data.padchest_images`` and of every gold mask the gold indexes name), verified against their
+manifest whenever they are read.
 """
 from __future__ import annotations
 
@@ -62,9 +69,10 @@ from cfcl.data import ChestSplit
 from cfcl.data import chexmask as cm
 from cfcl.data import gold as gd
 from cfcl.data.metadata import filter_metadata, read_metadata
-from cfcl.paths import atomic_path, cache_dir
+from cfcl.paths import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: key covers the PNGs and gold masks; CheXmask frame check; minimum content size
+MIN_CONTENT_SIZE = 64  # px, each side of an image's content after the border crop
 SPLITS = ("pretrain", "val", "annotated", "test")
 # Test cells in (scanner, effusion) order; the remainder of n_test / 4 goes to the first cells.
 TEST_CELLS = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -204,24 +212,35 @@ def preprocess_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int)
     return cm.resize_nearest(pad_to_square(np.asarray(mask)[top:bottom, left:right]), size)
 
 
-def index_images(root: str | os.PathLike) -> dict[str, str]:
-    """Map each PNG file name under ``root`` (flat, or one level of sub-folders such as
-    PadChest's ``<ImageDir>/``) to its path. PadChest ImageIDs are unique, so the sub-folder
-    does not matter; a flat file wins over a sub-folder copy."""
-    root = Path(root)
-    found: dict[str, str] = {}
-    subdirs = []
+def _scan_pngs(root: str | os.PathLike, stat: bool = False) -> list[tuple[str, str, int, int]]:
+    """Every PNG directly under ``root``, then those one level of sub-folders down, each group
+    sorted, as ``(name, path, size, mtime_ns)``; size and mtime are 0 unless ``stat``."""
+    flat: list[os.DirEntry] = []
+    subdirs: list[str] = []
     with os.scandir(root) as it:
         for entry in it:
             if entry.is_dir():
                 subdirs.append(entry.path)
             elif entry.name.lower().endswith(".png"):
-                found[entry.name] = entry.path
+                flat.append(entry)
+    nested: list[os.DirEntry] = []
     for sub in sorted(subdirs):
         with os.scandir(sub) as it:
-            for entry in it:
-                if entry.name.lower().endswith(".png") and entry.name not in found:
-                    found[entry.name] = entry.path
+            nested.extend(sorted((e for e in it if e.name.lower().endswith(".png")), key=lambda e: e.name))
+    out = []
+    for entry in sorted(flat, key=lambda e: e.name) + nested:
+        st = entry.stat() if stat else None
+        out.append((entry.name, entry.path, st.st_size if st else 0, st.st_mtime_ns if st else 0))
+    return out
+
+
+def index_images(root: str | os.PathLike) -> dict[str, str]:
+    """Map each PNG file name under ``root`` (flat, or one level of sub-folders such as
+    PadChest's ``<ImageDir>/``) to its path. PadChest ImageIDs are unique, so the sub-folder
+    does not matter; a flat file wins over a sub-folder copy."""
+    found: dict[str, str] = {}
+    for name, path, _, _ in _scan_pngs(root):
+        found.setdefault(name, path)
     return found
 
 
@@ -366,36 +385,44 @@ def _stamp(path: str | os.PathLike | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _image_stamp(root: str | None) -> str | None:
+    """Digest of (relative path, size, mtime) of every PNG under the image folder (one
+    ``os.scandir`` pass, one stat per file: about a second for PadChest's 160k files)."""
+    if not root or not Path(root).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for _, path, size, mtime in _scan_pngs(root, stat=True):
+        digest.update(f"{os.path.relpath(path, root)}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _gold_mask_stamps(gold_dir: Path | None, name: str) -> list | None:
+    """(mask path, size, mtime) of every mask an index names; None without a readable index
+    (the plan then reports the problem)."""
+    if gold_dir is None or not (gold_dir / name).is_file():
+        return None
+    try:
+        masks = pd.read_csv(gold_dir / name, dtype=str, usecols=["mask"])["mask"]
+    except (OSError, ValueError):
+        return None
+    return [[m, _stamp(gold_dir / m) if m else None] for m in masks.fillna("")]
+
+
 def cache_key(cfg: DataConfig, options: PadChestOptions | None = None) -> str:
-    """Short hash of the DataConfig, the options and the input tables' size/mtime."""
+    """Short hash of the DataConfig, the options and the inputs' size/mtime: the metadata,
+    CheXmask and gold index files, every PNG under ``data.padchest_images`` and every gold mask
+    the indexes name (so replacing or touching any of them builds a new cache)."""
     opts = options or PadChestOptions()
     gold_dir = Path(cfg.gold_masks) if cfg.gold_masks else None
     stamps = {"metadata": _stamp(cfg.padchest_metadata), "chexmask": _stamp(cfg.chexmask_csv),
               "annotated": _stamp(gold_dir / gd.ANNOTATED_INDEX if gold_dir else None),
-              "test": _stamp(gold_dir / gd.TEST_INDEX if gold_dir else None)}
+              "test": _stamp(gold_dir / gd.TEST_INDEX if gold_dir else None),
+              "images": _image_stamp(cfg.padchest_images),
+              "annotated_masks": _gold_mask_stamps(gold_dir, gd.ANNOTATED_INDEX),
+              "test_masks": _gold_mask_stamps(gold_dir, gd.TEST_INDEX)}
     payload = json.dumps({"format": FORMAT_VERSION, "data": dataclasses.asdict(cfg),
                           "options": dataclasses.asdict(opts), "stamps": stamps}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def _load_cached(folder: Path, split: str, key: str) -> ChestSplit | None:
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("key") != key or manifest.get("split") != split:
-            return None
-        n = manifest["n"]
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in manifest["arrays"]}
-        parents = pd.read_csv(folder / "parents.csv", dtype={"ImageID": str, "PatientID": str})
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(parents) != n or any(len(a) != n for a in arrays.values()):
-        return None
-    return ChestSplit(name=split, images=arrays["images"], parents=parents, silver=arrays["silver"],
-                      gold=arrays.get("gold"), quality=np.asarray(arrays["quality"]),
-                      counterfactuals=None, ids=parents["ImageID"].tolist())
 
 
 def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.DataFrame,
@@ -405,8 +432,15 @@ def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.Da
         image, box = preprocess_image(img, size, opts)
     except ValueError as exc:
         raise ValueError(f"PadChest image {item['path']}: {exc}") from exc
+    top, bottom, left, right = box
+    if min(bottom - top, right - left) < MIN_CONTENT_SIZE:
+        raise ValueError(f"PadChest image {item['path']}: its content is {bottom - top} x {right - left} px "
+                         f"(height x width) after the border crop of the {img.shape[0]} x {img.shape[1]} "
+                         f"image; at least {MIN_CONTENT_SIZE} px on each side is required (a thumbnail "
+                         "or an almost black image?)")
     if item["ImageID"] in chex.index:
-        silver = cm.row_label_map(chex.loc[item["ImageID"]], size, source=chex_name)
+        silver = cm.row_label_map(chex.loc[item["ImageID"]], size, source=chex_name,
+                                  image_shape=img.shape, box=box)
     else:
         silver = np.zeros((size, size), np.uint8)
     gold = None
@@ -415,11 +449,24 @@ def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.Da
     return image, silver, gold
 
 
-def _build(rows: pd.DataFrame, split: str, cfg: DataConfig, opts: PadChestOptions, src: _Sources,
-           folder: Path, key: str, workers: int) -> None:
+def split_key(cfg: DataConfig) -> str:
+    """The data key of :mod:`cfcl.data.store` (:func:`cache_key` with the default options)."""
+    return cache_key(cfg)
+
+
+def build_split(cfg: DataConfig, split: str, folder: Path, workers: int | None = None) -> dict[str, Any]:
+    """Decode one split into ``folder`` (the store's run folder): ``images``/``silver`` (and
+    ``gold`` for gold images) uint8 ``(N, size, size)``, ``quality`` (Dice RCA, NaN without a
+    CheXmask row), ``parents.csv``. ``workers``: decoding threads (default: CPU count, at most 8)."""
+    opts = PadChestOptions()
+    src = _plan(cfg, opts)
+    rows = src.assignment[src.assignment["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"PadChest split {split!r} is empty: {src.counts} (check the settings "
+                         f"data.padchest_images / data.chexmask_csv / data.gold_masks and the sizes)")
+    workers = workers or min(8, os.cpu_count() or 1)
     n, size = len(rows), cfg.image_size
-    (folder / "manifest.json").unlink(missing_ok=True)  # a stale manifest must not vouch for new arrays
-    has_gold = bool(rows["gold_path"].map(lambda p: isinstance(p, str)).all()) if n else False
+    has_gold = bool(rows["gold_path"].map(lambda p: isinstance(p, str)).all())
     names = ["images", "silver"] + (["gold"] if has_gold else [])
     items = rows.to_dict("records")
     chex_name = str(cfg.chexmask_csv)
@@ -447,32 +494,16 @@ def _build(rows: pd.DataFrame, split: str, cfg: DataConfig, opts: PadChestOption
     parents = rows[["sex", "scanner", "effusion", "ImageID", "PatientID"]].reset_index(drop=True)
     with atomic_path(folder / "parents.csv") as tmp_p:
         parents.to_csv(tmp_p, index=False)
-    manifest = {"key": key, "split": split, "n": n, "image_size": size, "arrays": names + ["quality"],
-                "counts": src.counts, "data": dataclasses.asdict(cfg), "options": dataclasses.asdict(opts)}
-    with atomic_path(folder / "manifest.json") as tmp_m:
-        tmp_m.write_text(json.dumps(manifest, indent=1, default=str))
+    return {"arrays": names + ["quality"], "meta": {"n": n, "image_size": size, "counts": src.counts,
+                                                    "options": dataclasses.asdict(opts)}}
 
 
-def load_split(cfg: DataConfig, split: str, options: PadChestOptions | None = None,
-               workers: int | None = None) -> ChestSplit:
-    """One split of the real data as a :class:`ChestSplit` (uint8 memmaps), building its cache
-    on first use. ``workers``: decoding threads (default: CPU count, at most 8)."""
+def load_split(cfg: DataConfig, split: str) -> ChestSplit:
+    """One split of the real data as a :class:`ChestSplit` (uint8 memmaps, verified), decoding it
+    into the data store (:mod:`cfcl.data.store`) on first use."""
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
     check_settings(cfg)
-    opts = options or PadChestOptions()
-    key = cache_key(cfg, opts)
-    folder = cache_dir() / "padchest" / key / split
-    cached = _load_cached(folder, split, key)
-    if cached is not None:
-        return cached
-    src = _plan(cfg, opts)
-    rows = src.assignment[src.assignment["split"] == split].reset_index(drop=True)
-    if rows.empty:
-        raise ValueError(f"PadChest split {split!r} is empty: {src.counts} (check the settings "
-                         f"data.padchest_images / data.chexmask_csv / data.gold_masks and the sizes)")
-    _build(rows, split, cfg, opts, src, folder, key, workers or min(8, os.cpu_count() or 1))
-    result = _load_cached(folder, split, key)
-    if result is None:  # pragma: no cover - would mean the cache cannot be read back
-        raise RuntimeError(f"PadChest cache {folder} could not be read back after writing")
-    return result
+    from cfcl.data.store import ensure_split
+
+    return ensure_split(cfg, split)

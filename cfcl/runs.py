@@ -1,0 +1,356 @@
+"""One run layer: how every stage names its work, writes it, verifies it and finds it again.
+
+The chain of stages::
+
+    data -> hvae -> counterfactuals -> pretrain -> finetune -> (results)
+    data -> classifiers (parent predictors, to measure counterfactual quality)
+
+**Identity.** A run is ``(stage, label, key)``. The key is the first 12 hex digits of the SHA-256
+of exactly the settings the stage reads plus the keys of the runs it consumes (its upstream), so
+two profiles that agree on those share the run: a variant reuses every upstream run its
+overrides do not touch, and a changed setting can never reuse a stale run. The label (a split, a
+method) only makes the folder readable. Results are recomputed from the fine-tuning runs at
+every call and are not cached.
+
+**Folder.** ``<root>/<stage>/<label>-<key>/``: the root is ``runs/<profile>/`` for the trained
+stages and ``cache/`` for the data. ``manifest.json`` is written last and atomically: the
+settings, the upstream keys with the SHA-256 of their manifests, the size and digest of every
+artifact, the package version (and git commit when available) and the stage's wall time. A
+folder without a manifest is an unfinished run: its stage resumes it; nothing else reads it.
+
+**Verification.** Reading an artifact goes through :meth:`Run.artifact`, which checks the file
+against the manifest: its size, and its SHA-256, over the whole file up to
+``FULL_HASH_LIMIT`` (256 MiB, every artifact of the ``smoke`` and ``cpu`` profiles) and, above
+it, over the size plus 64 blocks of 1 MiB spread evenly through the file including the first and
+the last (so the header and any change of length are always covered; ``CFCL_VERIFY=full`` hashes
+whole files whatever their size). A verified file is remembered per process by (path, size,
+mtime, inode). An upstream run whose manifest changed since the run was made makes the run
+stale. Every mismatch is :class:`ArtifactError`, naming the file and the command that remakes it.
+
+**Claiming.** A stage that makes a run holds ``<folder>/.lock`` (``fcntl.flock``) while it
+works: a second process (or torchrun rank) asking for the same run waits, then finds it
+finished. Under the lock, ``.*.tmp`` files left by a dead writer are removed. ``flock`` works on
+local file systems; on NFS use one process per run.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from cfcl.paths import TMP_SUFFIX, atomic_path
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+FULL_HASH_LIMIT = 256 * 2 ** 20
+SAMPLE_BLOCKS, SAMPLE_BLOCK = 64, 2 ** 20
+
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+class ArtifactError(RuntimeError):
+    """A run's file is missing, damaged or stale: the message names it and the command that remakes it."""
+
+
+class MissingRunError(RuntimeError):
+    """An upstream run a stage needs does not exist (yet): the message names the command that makes it."""
+
+
+def key_of(payload: Mapping[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of a JSON payload (sorted keys)."""
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def file_digest(path: str | os.PathLike, full: bool | None = None) -> dict[str, Any]:
+    """``{"size", "sha256", "coverage"}`` of a file (see the module docstring for the coverage)."""
+    path = Path(path)
+    size = path.stat().st_size
+    full = os.environ.get("CFCL_VERIFY", "") == "full" if full is None else full
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if full or size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+            coverage = "full"
+        else:
+            h.update(str(size).encode())
+            last = size - SAMPLE_BLOCK
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(round(i * last / (SAMPLE_BLOCKS - 1)))
+                h.update(f.read(SAMPLE_BLOCK))
+            coverage = f"size + {SAMPLE_BLOCKS} blocks of {SAMPLE_BLOCK // 2 ** 20} MiB"
+    return {"size": size, "sha256": h.hexdigest(), "coverage": coverage}
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _pid_alive(owner: str) -> bool:
+    """Whether the ``host-pid`` owner of a temporary file may still be writing it."""
+    import socket
+
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
+        return True  # another machine: cannot tell, keep it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Run:
+    """One run of one stage (see the module docstring).
+
+    ``settings``: exactly what the stage reads (plain JSON values); ``upstream``: the runs it
+    consumes, by role (their keys enter this run's key); ``remake``: the command that (re)makes
+    this run, quoted in every error.
+    """
+
+    stage: str
+    label: str
+    settings: dict[str, Any]
+    root: Path
+    upstream: dict[str, "Run"] = field(default_factory=dict)
+    remake: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = key_of({"stage": self.stage, "settings": self.settings,
+                               "upstream": {k: r.key for k, r in sorted(self.upstream.items())}})
+
+    # ------------------------------------------------------------------ where
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.stage / f"{self.label}-{self.key}"
+
+    def path(self, name: str) -> Path:
+        """Where the artifact ``name`` lives (no check: for writing)."""
+        return self.folder / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST
+
+    def __str__(self) -> str:
+        return f"{self.stage} run {self.label}-{self.key}"
+
+    # ------------------------------------------------------------------ state
+    def is_finished(self) -> bool:
+        return self.manifest_path.exists()
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest, checked to belong to this run (:class:`ArtifactError` otherwise)."""
+        path = self.manifest_path
+        if not path.exists():
+            raise MissingRunError(self._missing())
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path} is damaged ({exc}); {self._fix()}") from None
+        if meta.get("key") != self.key or meta.get("stage") != self.stage:
+            raise ArtifactError(f"{path} belongs to {meta.get('stage')} run {meta.get('key')}, not to {self}; "
+                                f"{self._fix()}")
+        return meta
+
+    def _fix(self) -> str:
+        return f"delete {self.folder} and remake it with: {self.remake}" if self.remake else f"delete {self.folder}"
+
+    def _missing(self) -> str:
+        return (f"no finished {self.stage} run {self.label!r} with these settings ({self.folder}); "
+                f"make it first with: {self.remake}")
+
+    def require(self) -> "Run":
+        """This run, verified (artifacts and upstream); :class:`MissingRunError` if it is not made yet."""
+        self.verify()
+        return self
+
+    def verify(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Check the manifest, the named artifacts (default: all) and the upstream manifests."""
+        meta = self.manifest()
+        arts = meta.get("artifacts", {})
+        for name in (list(arts) if names is None else names):
+            self._check(name, arts)
+        for role, up in self.upstream.items():
+            recorded = meta.get("upstream", {}).get(role, {})
+            if recorded.get("key") != up.key:
+                raise ArtifactError(f"{self.manifest_path} was made from {role} run {recorded.get('key')}, "
+                                    f"expected {up.key}; {self._fix()}")
+            if up.manifest_path.exists() and recorded.get("manifest_sha256") not in (
+                    None, file_digest(up.manifest_path, full=True)["sha256"]):
+                raise ArtifactError(f"{self} is stale: its upstream {up} ({up.manifest_path}) was remade "
+                                    f"after it; {self._fix()}")
+        return meta
+
+    def _check(self, name: str, arts: Mapping[str, Any]) -> Path:
+        path = self.folder / name
+        if name not in arts:
+            raise ArtifactError(f"{path} is not an artifact of {self} (manifest {self.manifest_path}); "
+                                f"{self._fix()}")
+        want = arts[name]
+        if not path.exists():
+            raise ArtifactError(f"{path} is missing; {self._fix()}")
+        st = path.stat()
+        memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if _VERIFIED.get(memo) == want["sha256"]:
+            return path
+        if st.st_size != want["size"]:
+            raise ArtifactError(f"{path} has {st.st_size} bytes, its manifest says {want['size']} "
+                                f"(damaged or replaced); {self._fix()}")
+        got = file_digest(path, full=want.get("coverage") == "full")
+        if got["sha256"] != want["sha256"]:
+            raise ArtifactError(f"{path} does not match its manifest (sha256 {got['sha256'][:16]}... vs "
+                                f"{want['sha256'][:16]}...): it was changed or damaged; {self._fix()}")
+        _VERIFIED[memo] = want["sha256"]
+        return path
+
+    def artifact(self, name: str) -> Path:
+        """The verified path of artifact ``name`` (the one way to read a run's file)."""
+        meta = self.manifest()
+        self.verify(names=[])  # upstream staleness
+        return self._check(name, meta.get("artifacts", {}))
+
+    # ------------------------------------------------------------------ making
+    def finish(self, artifacts: Sequence[str], seconds: float, extra: Mapping[str, Any] | None = None) -> dict:
+        """Record the run as finished: hash ``artifacts`` (names in the folder) and write the
+        manifest, last and atomically. ``seconds``: the stage's wall time (over resumes)."""
+        from cfcl import __version__
+
+        arts = {}
+        for name in artifacts:
+            d = file_digest(self.folder / name)
+            arts[name] = d
+            st = (self.folder / name).stat()
+            _VERIFIED[(str(self.folder / name), st.st_size, st.st_mtime_ns, st.st_ino)] = d["sha256"]
+        upstream = {}
+        for role, up in self.upstream.items():
+            upstream[role] = {"stage": up.stage, "label": up.label, "key": up.key,
+                              "manifest_sha256": (file_digest(up.manifest_path, full=True)["sha256"]
+                                                  if up.manifest_path.exists() else None)}
+        meta = {"stage": self.stage, "label": self.label, "key": self.key, "settings": self.settings,
+                "upstream": upstream, "artifacts": arts, "cfcl_version": __version__,
+                "git_commit": _git_commit(), "wall_seconds": round(float(seconds), 2),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remake": self.remake,
+                **(dict(extra) if extra else {})}
+        with atomic_path(self.manifest_path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1, default=str))
+        return meta
+
+    @contextmanager
+    def claim(self, wait_message: bool = True) -> Iterator["Run"]:
+        """Hold the run's lock while making it (see the module docstring); removes the ``.tmp``
+        files of dead writers. Re-check :meth:`is_finished` inside: another process may have
+        finished the run while this one waited."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if wait_message:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                    print(f"{self}: waiting for process {holder or '?'} that is making it", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self.remove_stale_tmp()
+            yield self
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete ``.*.tmp`` files under the folder whose writer process is gone; return them."""
+        removed = []
+        for tmp in self.folder.rglob(f".*{TMP_SUFFIX}"):
+            owner = tmp.name[:-len(TMP_SUFFIX)].rsplit(".", 2)
+            alive = len(owner) == 3 and _pid_alive(owner[1])
+            if not alive:
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        return removed
+
+
+def load_checkpoint(path: str | os.PathLike, fix: str = "") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file torch cannot read is an
+    :class:`ArtifactError` naming it (and ``fix``, what to do), never a traceback from the unpickler."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path} is missing" + (f"; {fix}" if fix else ""))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ArtifactError(f"cannot read checkpoint {path} (damaged? {type(exc).__name__}: {first})"
+                            + (f"; {fix}" if fix else "")) from None
+
+
+def runs_under(root: Path, stage: str) -> list[dict[str, Any]]:
+    """Manifests of every finished run of ``stage`` under ``root`` (for listings)."""
+    out = []
+    for m in sorted((Path(root) / stage).glob(f"*/{MANIFEST}")):
+        try:
+            out.append(json.loads(m.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def verify_folder(folder: str | os.PathLike) -> list[str]:
+    """Verify every artifact of a run folder against its manifest (ignoring the per-process memo); return
+    the problems found (empty when all is well). ``python -m cfcl.runs verify FOLDER...``."""
+    folder = Path(folder)
+    problems = []
+    try:
+        meta = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{folder / MANIFEST}: {exc}"]
+    for name, want in meta.get("artifacts", {}).items():
+        path = folder / name
+        if not path.exists():
+            problems.append(f"{path}: missing")
+            continue
+        got = file_digest(path, full=want.get("coverage") == "full")
+        if got["sha256"] != want["sha256"] or got["size"] != want["size"]:
+            problems.append(f"{path}: does not match its manifest")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m cfcl.runs", description="Verify run folders against their manifests.")
+    ap.add_argument("command", choices=["verify"])
+    ap.add_argument("folders", nargs="+")
+    args = ap.parse_args(argv)
+    bad = [p for f in args.folders for p in verify_folder(f)]
+    for p in bad:
+        print(p)
+    print("all verified" if not bad else f"{len(bad)} problem(s)")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
