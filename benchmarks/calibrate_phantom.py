@@ -1,136 +1,287 @@
-"""Calibrate the phantom: does pleural effusion make lung segmentation genuinely hard?
+"""Calibrate the phantom against the paper's "None" row with the project's own fine-tuning code.
 
-The paper's "None" row (random init, Table 2) has DSC 93.6 on healthy and 84.8 on effusion
-images. This script trains a small from-scratch U-Net (smp ``Unet("resnet18",
-encoder_weights=None, in_channels=1, classes=3)``) on the profile's annotated split with 5-fold
-cross-validation (4 healthy + 10 effusion held out per fold at the default 20/50), AdamW lr 3e-4,
-40 epochs, batch 8, inputs image/255, and reports the mean per-image DSC (mean over the two lungs)
-on the held-out fold and on the test split, separately for healthy and effusion images. It also
-times phantom generation (images/s at 128 px for 1,000 images with their 3 counterfactuals).
+The paper's "None" row (random init, Table 2) is DSC 87.05 overall, 93.59 on healthy images
+(DSC_NF) and 84.76 on effusion images (DSC_PE). This script runs exactly what the pipeline runs
+for ``none`` (:func:`cfcl.finetune.train_fold` from random init and :func:`cfcl.finetune.predict`,
+the profile's folds from :func:`cfcl.finetune.folds`) on the profile's annotated split, and reports
 
-    .venv/bin/python benchmarks/calibrate_phantom.py --profile cpu --threads 2
+- **cv**: the held-out folds of the 5-fold cross-validation (the paper's protocol), per fold DSC,
+  DSC_NF, DSC_PE, then mean +- std over folds (sample std, as :func:`cfcl.metrics.summarise_folds`);
+- **test**: the same fold models on the profile's test split (balanced over scanner x effusion);
+- **curve**: a low-label curve on the test split: 10 labels (3 healthy + 7 effusion), 20 (6 + 14)
+  drawn from each fold's training images, and 56 (all of them, the cv models);
+- **speed** (``--speed``): phantom generation (factual + 3 counterfactuals + masks) at 128 px, this
+  version against an older copy of the module (``--old-module``) in one process, interleaved, as a
+  ratio, because the machine is shared and absolute timings drift;
+- **figures** (``--figures DIR``): ``phantom_samples.png`` (scanner x effusion x sex, gold and
+  silver outlines) and ``phantom_counterfactuals.png`` (x, do(scanner), do(effusion), do(both) and
+  the differences).
 
-Writes nothing but stdout (a markdown table); copy the figures into benchmarks/results/phantom.md.
+DSC is per image the mean over the two lungs (:func:`cfcl.metrics.dice`), in %. The splits come
+from the phantom's own store (:func:`cfcl.data.phantom.load_split`, made on first use: the same
+arrays the data stage serves). Typical use (about 15 min on one core)::
+
+    CFCL_CACHE=/tmp/phantom_cache CFCL_RUNS=/tmp/phantom_runs OMP_NUM_THREADS=1 \\
+        .venv/bin/python benchmarks/calibrate_phantom.py --profile cpu --curve-folds 0 1
+
+    git show 4ec8a8d:cfcl/data/phantom.py > /tmp/phantom_v3.py   # the v3 renderer, for --speed
+    .venv/bin/python benchmarks/calibrate_phantom.py --no-train --speed --old-module /tmp/phantom_v3.py \\
+        --figures benchmarks/results
+
+Writes a markdown report to stdout (and ``--json``); the figures of record are in
+benchmarks/results/phantom.md.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from cfcl.config import get_profile
-from cfcl.data import load_split
+from cfcl import metrics
+from cfcl.config import INTERVENTIONS, get_profile
 from cfcl.data import phantom as ph
+from cfcl.finetune import folds, predict, train_fold
+
+PAPER_NONE = {"DSC": 87.05, "DSC_NF": 93.59, "DSC_PE": 84.76}
+CURVE = {10: (3, 7), 20: (6, 14)}  # labels: (healthy, effusion)
 
 
-def dice_per_image(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Mean over the two lungs of the per-image Dice (N,); a lung empty in both counts as 1."""
-    out = []
-    for k in (1, 2):
-        p, g = pred == k, gold == k
-        inter = (p & g).sum(axis=(1, 2))
-        tot = p.sum(axis=(1, 2)) + g.sum(axis=(1, 2))
-        out.append(np.where(tot > 0, 2 * inter / np.maximum(tot, 1), 1.0))
-    return 0.5 * (out[0] + out[1])
+def dsc(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Per-image DSC (N,) in %: mean over the two lungs (:func:`cfcl.metrics.dice`)."""
+    return 100 * metrics.dice(pred, np.asarray(gold)).mean(1)
 
 
-def stratified_folds(effusion: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Indices of each fold's held-out images, stratified by effusion."""
+def groups(d: np.ndarray, effusion: np.ndarray) -> dict[str, float]:
+    """DSC over all images, healthy (NF) and effusion (PE) images."""
+    return {"DSC": float(d.mean()), "DSC_NF": float(d[effusion == 0].mean()), "DSC_PE": float(d[effusion == 1].mean())}
+
+
+def subset(train: np.ndarray, effusion: np.ndarray, n_healthy: int, n_effusion: int, seed: int) -> np.ndarray:
+    """A fixed random subset of ``train`` indices with the given numbers of healthy/effusion images."""
     rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    for e in (0, 1):
-        idx = rng.permutation(np.nonzero(effusion == e)[0])
-        for f, chunk in enumerate(np.array_split(idx, folds)):
-            parts[f] += chunk.tolist()
-    return [np.sort(np.asarray(p, int)) for p in parts]
+    pick = [rng.permutation(train[effusion[train] == e])[:n] for e, n in ((0, n_healthy), (1, n_effusion))]
+    return np.sort(np.concatenate(pick))
 
 
-def predict(model: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(images), batch):
-            x = torch.from_numpy(np.asarray(images[lo:lo + batch], np.float32) / 255.0)[:, None]
-            out.append(model(x).argmax(1).numpy().astype(np.uint8))
-    return np.concatenate(out)
+def summary(rows: list[dict[str, float]]) -> dict[str, str]:
+    t = pd.DataFrame(rows)
+    return {c: f"{t[c].mean():.2f} ± {t[c].std(ddof=1) if len(t) > 1 else float('nan'):.2f}" for c in PAPER_NONE}
 
 
-def train_fold(images: np.ndarray, labels: np.ndarray, epochs: int, batch: int, lr: float,
-               seed: int) -> torch.nn.Module:
-    import segmentation_models_pytorch as smp
+def calibrate(profile_name: str, fold_ids: list[int], curve_folds: list[int], log, dump: Path | None = None) -> dict:
+    prof = get_profile(profile_name)
+    # The phantom's own store (generates a split on first use); the data stage serves the same arrays.
+    ann, test = ph.load_split(prof.data, "annotated"), ph.load_split(prof.data, "test")
+    images, gold = np.asarray(ann.images), np.asarray(ann.gold)
+    eff = ann.parents["effusion"].to_numpy()
+    t_img, t_gold = np.asarray(test.images), np.asarray(test.gold)
+    t_eff = test.parents["effusion"].to_numpy()
+    fold_of = folds(eff, prof.finetune.folds, prof.seed)
+    out: dict = {"cv": {}, "test": {}, "curve": {}}
+    for k in fold_ids:
+        t0 = time.perf_counter()
+        train = np.flatnonzero(fold_of != k)
+        model = train_fold(prof, "none", images[train], gold[train], None, k, progress=False)
+        held = np.flatnonzero(fold_of == k)
+        pred_cv, pred_te = predict(model, images[held]), predict(model, t_img)
+        out["cv"][k] = groups(dsc(pred_cv, gold[held]), eff[held])
+        out["test"][k] = groups(dsc(pred_te, t_gold), t_eff)
+        if dump is not None:
+            np.savez_compressed(dump / f"fold{k}.npz", held=held, pred_cv=pred_cv, pred_test=pred_te)
+        out["curve"].setdefault(len(train), {})[k] = out["test"][k]
+        log(f"fold {k} ({len(train)} labels, {time.perf_counter() - t0:.0f} s): cv {fmt(out['cv'][k])} | "
+            f"test {fmt(out['test'][k])}")
+    for n, (nh, ne) in CURVE.items():
+        for k in curve_folds:
+            t0 = time.perf_counter()
+            train = subset(np.flatnonzero(fold_of != k), eff, nh, ne, seed=1000 * n + k)
+            model = train_fold(prof, "none", images[train], gold[train], None, k, progress=False)
+            out["curve"].setdefault(n, {})[k] = groups(dsc(predict(model, t_img), t_gold), t_eff)
+            log(f"curve {n} labels fold {k} ({time.perf_counter() - t0:.0f} s): test {fmt(out['curve'][n][k])}")
+    return out
 
-    torch.manual_seed(seed)
-    model = smp.Unet("resnet18", encoder_weights=None, in_channels=1, classes=3)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    x_all = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
-    y_all = torch.from_numpy(labels.astype(np.int64))
-    gen = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x_all), generator=gen)
-        for lo in range(0, len(perm), batch):
-            sel = perm[lo:lo + batch]
-            loss = loss_fn(model(x_all[sel]), y_all[sel])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model
+
+def fmt(d: dict[str, float]) -> str:
+    return f"{d['DSC']:.1f} / {d['DSC_NF']:.1f} / {d['DSC_PE']:.1f}"
 
 
-def generation_speed(n: int = 1000, size: int = 128, chunk: int = 64) -> float:
-    """Images per second (factual + 3 counterfactuals + labels) at ``size`` px."""
-    bank = ph._bank()
+def reweighted(d: dict[str, float], share_healthy: float) -> dict[str, float]:
+    """The test split's overall DSC as if it had the annotated split's share of healthy images
+    (the test split is balanced 50:50, the annotated one 20:50)."""
+    return {**d, "DSC": share_healthy * d["DSC_NF"] + (1 - share_healthy) * d["DSC_PE"]}
+
+
+def report(res: dict, profile_name: str) -> str:
+    data = get_profile(profile_name).data
+    share = data.n_annotated_healthy / (data.n_annotated_healthy + data.n_annotated_effusion)
+    lines = [f"profile {profile_name}; DSC / DSC_NF / DSC_PE in %, mean ± std over folds (sample std)", "",
+             "| evaluation | folds | DSC | DSC_NF | DSC_PE |", "|---|---|---|---|---|",
+             "| paper, None (Table 2) | 5 | 87.05 ± 4.34 | 93.59 ± 1.28 | 84.76 ± 1.28 |"]
+    for name, key in (("held-out folds (CV, paper protocol)", "cv"), ("test split", "test")):
+        if res[key]:
+            s = summary(list(res[key].values()))
+            lines.append(f"| {name} | {len(res[key])} | {s['DSC']} | {s['DSC_NF']} | {s['DSC_PE']} |")
+    if res["test"]:
+        s = summary([reweighted(d, share) for d in res["test"].values()])
+        lines.append(f"| test split, DSC reweighted to {share:.0%} healthy | {len(res['test'])} | {s['DSC']} "
+                     f"| {s['DSC_NF']} | {s['DSC_PE']} |")
+    lines += ["", "Per fold (cv | test):"]
+    for k in res["cv"]:
+        lines.append(f"- fold {k}: {fmt(res['cv'][k])} | {fmt(res['test'][k])}")
+    if res["curve"]:
+        lines += ["", "Low-label curve on the test split (None):", "",
+                  "| labels | folds | DSC | DSC_NF | DSC_PE | per fold DSC |", "|---|---|---|---|---|---|"]
+        for n in sorted(res["curve"]):
+            s = summary(list(res["curve"][n].values()))
+            per = ", ".join(f"{res['curve'][n][k]['DSC']:.1f}" for k in sorted(res["curve"][n]))
+            lines.append(f"| {n} | {len(res['curve'][n])} | {s['DSC']} | {s['DSC_NF']} | {s['DSC_PE']} | {per} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation speed
+# ----------------------------------------------------------------------------------------------
+
+def _load_module(path: str):
+    spec = importlib.util.spec_from_file_location("phantom_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _generate(mod, n: int, size: int, chunk: int) -> float:
+    """Seconds to generate ``n`` images with 3 counterfactuals and labels with module ``mod``."""
+    bank = mod._bank()
     t0 = time.perf_counter()
-    noise = ph.sample_noise(n, 0, "pretrain", len(bank))
-    parents = ph.sample_parents(n, np.random.default_rng(0))
+    noise = mod.sample_noise(n, 0, "pretrain", len(bank))
+    parents = mod.sample_parents(n, np.random.default_rng(0))
     for lo in range(0, n, chunk):
-        ph.render_with_counterfactuals(ph.take(noise, slice(lo, lo + chunk)),
-                                       parents.iloc[lo:lo + chunk].reset_index(drop=True), size)
-    return n / (time.perf_counter() - t0)
+        mod.render_with_counterfactuals(mod.take(noise, slice(lo, lo + chunk)),
+                                        parents.iloc[lo:lo + chunk].reset_index(drop=True), size)
+    return time.perf_counter() - t0
+
+
+def speed(old_module: str | None, n: int = 256, size: int = 128, chunk: int = 64, repeats: int = 3) -> dict:
+    """Images/s of this phantom and of ``old_module`` (a path to an older ``phantom.py``),
+    interleaved ``repeats`` times in one process; the ratio uses the best time of each."""
+    mods = {"new": ph}
+    if old_module:
+        mods["old"] = _load_module(old_module)
+    for mod in mods.values():  # warm-up: shape bank, joint distribution
+        _generate(mod, chunk, size, chunk)
+    best = {k: float("inf") for k in mods}
+    for _ in range(repeats):
+        for k, mod in mods.items():
+            best[k] = min(best[k], _generate(mod, n, size, chunk))
+    out = {f"{k}_images_per_s": n / t for k, t in best.items()}
+    if "old" in best:
+        out["new_over_old_time"] = best["new"] / best["old"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+
+def _contours(ax, labels: np.ndarray, color: str, style: str = "-") -> None:
+    for k in (1, 2):
+        m = (labels == k).astype(float)
+        if m.any():
+            ax.contour(m, levels=[0.5], colors=color, linewidths=0.8, linestyles=style)
+
+
+def figures(folder: Path, size: int = 256, seed: int = 0) -> list[Path]:
+    """The sample grid and the counterfactual grid (see the module docstring), from fresh noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bank = ph._bank()
+    cells = [dict(scanner=sc, effusion=ef, sex=sx) for sc in (0, 1) for ef in (0, 1) for sx in (0, 1)]
+    parents = pd.DataFrame([c for c in cells for _ in range(2)])[["sex", "scanner", "effusion"]]
+    noise = ph.sample_noise(len(parents), seed, "val", len(bank))
+    r = ph.render(noise, parents, size)
+    fig, axes = plt.subplots(4, 4, figsize=(12, 12.8))
+    for i, ax in enumerate(axes.flat):
+        p = parents.iloc[i]
+        ax.imshow(r["image"][i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        _contours(ax, r["gold"][i], "lime")
+        _contours(ax, r["silver"][i], "red", "--")
+        ax.set_title(f"{'M' if p.sex else 'F'}, {'Philips' if p.scanner else 'ImagingDyn.'}, "
+                     f"{'PE' if p.effusion else 'no PE'}, q {r['quality'][i]:.2f}", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"Phantom v{ph.PHANTOM_VERSION} ({size} px): gold (green) and silver (red dashed) lungs", fontsize=11)
+    fig.tight_layout()
+    paths = [folder / "phantom_samples.png"]
+    fig.savefig(paths[0], dpi=80)
+    plt.close(fig)
+
+    rows = [0, 3, 9, 14]  # a mix of scanners, sexes and effusion states
+    sub = ph.take(noise, rows)
+    par = parents.iloc[rows].reset_index(drop=True)
+    out = ph.render_with_counterfactuals(sub, par, size)
+    fig, axes = plt.subplots(len(rows), 7, figsize=(17.5, 2.6 * len(rows)))
+    for i in range(len(rows)):
+        p = par.iloc[i]
+        x = out["image"][i].astype(np.int16)
+        axes[i, 0].imshow(out["image"][i], cmap="gray", vmin=0, vmax=255)
+        axes[i, 0].set_title(f"x: {'Philips' if p.scanner else 'ImagingDyn.'}, {'PE' if p.effusion else 'no PE'}",
+                             fontsize=9)
+        for j, name in enumerate(INTERVENTIONS):
+            cf = out["counterfactuals"][i, j]
+            axes[i, 1 + j].imshow(cf, cmap="gray", vmin=0, vmax=255)
+            axes[i, 1 + j].set_title(f"do({name})", fontsize=9)
+            axes[i, 4 + j].imshow(cf.astype(np.int16) - x, cmap="RdBu_r", vmin=-128, vmax=128)
+            axes[i, 4 + j].set_title(f"do({name}) - x", fontsize=9)
+        for ax in axes[i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    paths.append(folder / "phantom_counterfactuals.png")
+    fig.savefig(paths[1], dpi=70)
+    plt.close(fig)
+    return paths
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-speed", action="store_true", help="skip the generation-speed measurement")
+    ap.add_argument("--folds", type=int, nargs="*", default=None, help="cv folds to run (default: all)")
+    ap.add_argument("--curve-folds", type=int, nargs="*", default=[0, 1],
+                    help="folds whose 10- and 20-label subsets are trained (default 0 1; none: skip)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed", action="store_true", help="measure generation speed")
+    ap.add_argument("--old-module", default=None, help="path to an older phantom module for the speed ratio")
+    ap.add_argument("--figures", type=Path, default=None, help="folder for the two PNG grids")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    ap.add_argument("--no-train", action="store_true", help="skip the fine-tuning runs")
+    ap.add_argument("--dump", type=Path, default=None, help="save each fold's predictions here (npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    prof = get_profile(args.profile)
-    ann, test = load_split(prof, "annotated"), load_split(prof, "test")
-    images, gold = np.asarray(ann.images), np.asarray(ann.gold)
-    eff = ann.parents["effusion"].to_numpy()
-    t_eff = test.parents["effusion"].to_numpy()
-    cv, te = [], []
-    t0 = time.perf_counter()
-    for f, held in enumerate(stratified_folds(eff, args.folds, args.seed)):
-        train = np.setdiff1d(np.arange(len(images)), held)
-        model = train_fold(images[train], gold[train], args.epochs, args.batch, args.lr, args.seed + f)
-        d_cv = dice_per_image(predict(model, images[held]), gold[held])
-        d_te = dice_per_image(predict(model, np.asarray(test.images)), np.asarray(test.gold))
-        cv.append((d_cv[eff[held] == 0].mean(), d_cv[eff[held] == 1].mean()))
-        te.append((d_te[t_eff == 0].mean(), d_te[t_eff == 1].mean()))
-        print(f"fold {f}: CV healthy {100 * cv[-1][0]:.1f} effusion {100 * cv[-1][1]:.1f} | "
-              f"test healthy {100 * te[-1][0]:.1f} effusion {100 * te[-1][1]:.1f}", flush=True)
-    minutes = (time.perf_counter() - t0) / 60
-    cv_a, te_a = 100 * np.asarray(cv), 100 * np.asarray(te)
-    print(f"\nprofile {args.profile}, {args.folds} folds, {args.epochs} epochs, {minutes:.1f} min\n")
-    print("| evaluation | DSC healthy | DSC effusion | gap |\n|---|---|---|---|")
-    for name, a in (("held-out fold (CV)", cv_a), ("test split", te_a)):
-        print(f"| {name} | {a[:, 0].mean():.1f} ± {a[:, 0].std():.1f} | {a[:, 1].mean():.1f} ± "
-              f"{a[:, 1].std():.1f} | {a[:, 0].mean() - a[:, 1].mean():.1f} |")
-    if not args.no_speed:
-        speed = generation_speed()
-        print(f"\ngeneration at 128 px (factual + 3 counterfactuals + labels): {speed:.1f} images/s; "
-              f"10,000 images: {10000 / speed / 60:.1f} min")
+    res: dict = {"version": ph.PHANTOM_VERSION, "profile": args.profile}
+    if args.dump:
+        args.dump.mkdir(parents=True, exist_ok=True)
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        print("figures:", ", ".join(str(p) for p in figures(args.figures)), flush=True)
+    if args.speed:
+        res["speed"] = speed(args.old_module)
+        print("speed at 128 px (factual + 3 counterfactuals + labels):", json.dumps(res["speed"]), flush=True)
+    if not args.no_train:
+        n_folds = get_profile(args.profile).finetune.folds
+        t0 = time.perf_counter()
+        res.update(calibrate(args.profile, args.folds if args.folds is not None else list(range(n_folds)),
+                             args.curve_folds, lambda s: print(s, flush=True), args.dump))
+        res["minutes"] = (time.perf_counter() - t0) / 60
+        print(f"\n{report(res, args.profile)}\n\ntraining and evaluation took {res['minutes']:.1f} min")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, default=str))
 
 
 if __name__ == "__main__":

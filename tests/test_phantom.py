@@ -1,7 +1,6 @@
 """The phantom SCM (cfcl.data.phantom): parents, exact counterfactuals, labels, cache."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +22,7 @@ def cache(tmp_path_factory):
     bank = anatomy.build_shape_bank(limit=40)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CFCL_CACHE", str(root))
-        mp.setattr(ph, "_bank", lambda: bank)
+        mp.setattr(ph.scm, "_bank", lambda: bank)  # looked up there by render and store
         yield root
 
 
@@ -108,6 +107,7 @@ def test_do_scanner_changes_acquisition_only(items):
     np.testing.assert_array_equal(fact["gold"], cf["gold"])
     np.testing.assert_array_equal(fact["silver"], cf["silver"])
     np.testing.assert_array_equal(fact["fluid"], cf["fluid"])
+    np.testing.assert_array_equal(fact["devices"], cf["devices"])
     diff = (fact["image"] != cf["image"]).mean(axis=(1, 2))
     assert (diff > 0.5).all()  # every image visibly re-acquired
 
@@ -128,6 +128,106 @@ def test_do_effusion_is_local_and_keeps_gold(items):
     # Fluid is brighter than the aerated lung it hides.
     gained = cf["fluid"][~eff]
     assert (cf["image"][~eff][gained].astype(int) - fact["image"][~eff][gained]).mean() > 20
+
+
+def test_gold_is_independent_of_scanner_and_effusion(items):
+    """The annotated outline is anatomy only: no intervention on scanner or effusion moves it."""
+    noise, parents = items
+    fact = ph.render(noise, parents, SIZE)
+    for name in INTERVENTIONS:
+        np.testing.assert_array_equal(ph.counterfactual(noise, parents, name, SIZE)["gold"], fact["gold"])
+    # The same anatomy under all four (scanner, effusion) settings, not only the flipped ones.
+    for sc in (0, 1):
+        for ef in (0, 1):
+            other = ph.render(noise, parents.assign(scanner=sc, effusion=ef), SIZE)
+            np.testing.assert_array_equal(other["gold"], fact["gold"])
+
+
+def forced(noise, **fields):
+    """A copy of ``noise`` with some fields set to a constant for every item."""
+    out = {k: v.copy() for k, v in noise.items()}
+    for k, val in fields.items():
+        out[k][...] = val
+    return out
+
+
+def test_devices_never_move_under_interventions(items):
+    noise, parents = items
+    with_dev = forced(noise, devices=0.0)  # every device present
+    fact = ph.render(with_dev, parents, SIZE)
+    assert fact["devices"].any(axis=(1, 2)).all()
+    assert (fact["devices"] & (fact["gold"] > 0)).any(axis=(1, 2)).mean() >= 0.75  # lines cross the lungs
+    for name in INTERVENTIONS:
+        cf = ph.counterfactual(with_dev, parents, name, SIZE)
+        np.testing.assert_array_equal(cf["devices"], fact["devices"])
+    # Under do(effusion) the device pixels outside the fluid region keep their exact values.
+    cf = ph.counterfactual(with_dev, parents, "effusion", SIZE)
+    keep = fact["devices"] & ~fact["effusion_region"]
+    np.testing.assert_array_equal(cf["image"][keep], fact["image"][keep])
+    # Devices are radio-opaque: brighter than the same image without them.
+    bare = ph.render(forced(noise, devices=1.0), parents, SIZE)
+    assert not bare["devices"].any()
+    gain = fact["image"].astype(int) - bare["image"]
+    assert gain[fact["devices"]].mean() > 5 and gain[~fact["devices"]].mean() == pytest.approx(0, abs=1)
+    np.testing.assert_array_equal(bare["gold"], fact["gold"])
+
+
+def test_hidden_lung_behind_heart_and_domes(items):
+    """Lung air continues outside the annotated outline (behind the heart, below the domes),
+    thinner than inside it, so those borders are shallow steps rather than the end of the air."""
+    noise, parents = items
+    bank = ph.scm._bank()
+    scene = ph.renderer._scene(noise, parents["sex"].to_numpy(), 64, bank)
+    gold = ph.render(noise, parents, 64)["gold"] > 0
+    air = scene["air"]
+    outside = np.where(gold, 0, air)
+    assert (outside.max(axis=(1, 2)) > 0.05).all()
+    assert (outside.sum(axis=(1, 2)) < 0.25 * np.where(gold, air, 0).sum(axis=(1, 2))).all()
+
+
+def test_inspiration_and_rotation_change_the_projected_lungs(items):
+    noise, parents = items
+    deep = ph.render(forced(noise, inspiration=2.0), parents, 64)["gold"]
+    shallow = ph.render(forced(noise, inspiration=-2.0), parents, 64)["gold"]
+    ratio = (deep > 0).sum(axis=(1, 2)) / (shallow > 0).sum(axis=(1, 2))
+    assert (ratio > 1.05).all() and np.median(ratio) > 1.15  # long lungs may hit the thorax limit
+    # Rotation projects one hemithorax wider: positive rotation widens the left lung (image right).
+    ratio = {}
+    for rot in (-2.0, 2.0):
+        gold = ph.render(forced(noise, rotation=rot), parents, 64)["gold"]
+        ratio[rot] = (gold == 2).sum(axis=(1, 2)) / (gold == 1).sum(axis=(1, 2))
+    assert (ratio[2.0] > 1.1 * ratio[-2.0]).all()
+
+
+def test_fluid_from_subtle_to_massive():
+    """Effusions range from a blunted angle to most of a lung, of every kind and side."""
+    noise = ph.sample_noise(64, 1, "val", n_shapes=1000)
+    parents = pd.DataFrame(dict(sex=np.arange(64) % 2, scanner=(np.arange(64) // 2) % 2, effusion=1))
+    out = ph.render(noise, parents, 48)
+    hidden = 1 - (out["silver"] > 0).sum(axis=(1, 2)) / (out["gold"] > 0).sum(axis=(1, 2))
+    assert hidden.min() < 0.12 and hidden.max() > 0.7 and 0.3 < np.median(hidden) < 0.65
+    assert set(noise["eff_kind"]) == {0, 1, 2} and set(noise["eff_side"]) == {0, 1, 2}
+    assert out["fluid"].any(axis=(1, 2)).all()
+
+
+def test_breasts_are_a_female_shadow(items):
+    noise, _ = items
+    g = {s: ph.renderer._geometry(noise, np.full(8, s), 64, ph.scm._bank()) for s in (0, 1)}
+    soft = {s: ph.renderer._chest_wall_soft_tissue(g[s], noise) for s in (0, 1)}
+    lower = slice(30, 56)  # rows over the lower lung fields at 64 px
+    assert (soft[0][:, lower].mean(axis=(1, 2)) > soft[1][:, lower].mean(axis=(1, 2))).all()
+
+
+@pytest.mark.parametrize("scanner", [0, 1])
+def test_side_marker_over_the_field(items, scanner):
+    noise, parents = items
+    par = parents.assign(scanner=scanner)
+    for over, place in ((0.0, "field_marker"), (1.0, "marker")):
+        img = ph.render(forced(noise, marker=np.array([0.5, 0.5, over])), par, 256)["image"]
+        u, v = ph.SCANNERS[scanner][place]
+        # The stem of the "L" is bright in every image, whatever lies under it.
+        row, col = int(v * 256), int((u - 0.01) * 256)
+        assert (img[:, row, col] > 240).all()
 
 
 def test_do_both_equals_composition(items):
@@ -173,7 +273,7 @@ def test_silver_follows_visible_lung(items):
     assert (silver_area[eff] < 0.95 * gold_area[eff]).all()  # under-segments under fluid
     inter = ((out["gold"] == out["silver"]) & (out["gold"] > 0)).sum(axis=(1, 2))
     dice = 2 * inter / (gold_area + silver_area)
-    assert (dice[~eff] > 0.93).all()  # close match without effusion
+    assert dice[~eff].mean() > 0.94 and dice[~eff].min() > 0.88  # close match without effusion
     assert out["quality"][~eff].mean() > out["quality"][eff].mean()
     assert ((out["quality"] >= 0) & (out["quality"] <= 1)).all()
 
@@ -216,13 +316,16 @@ def test_load_split_contents_match_render():
         np.testing.assert_array_equal(ph.counterfactual(noise, s.parents, name, 32)["image"], s.counterfactuals[:, j])
 
 
-def test_cache_reuse_regeneration_and_interruption(monkeypatch):
+def test_store_reuse_regeneration_and_interruption(monkeypatch):
+    from cfcl.data import store
+    from cfcl.runs import ArtifactError
+
     cfg = tiny(seed=3)
     first = ph.load_split(cfg, "val")
     images = np.array(first.images)
     calls = []
-    real_generate = ph.generate_split
-    monkeypatch.setattr(ph, "generate_split", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
+    real_build = ph.build_split
+    monkeypatch.setattr(ph, "build_split", lambda *a, **k: calls.append(a) or real_build(*a, **k))
     ph.load_split(cfg, "val")
     assert calls == []  # second load does no work
     other = replace(cfg, n_val=5)
@@ -230,35 +333,35 @@ def test_cache_reuse_regeneration_and_interruption(monkeypatch):
     assert len(ph.load_split(other, "val")) == 5 and len(calls) == 1  # changed config regenerates
     assert ph.config_hash(replace(cfg, padchest_images="/x")) == ph.config_hash(cfg)  # paths don't count
 
-    # Interrupted generation: the renderer dies after the arrays were opened.
+    # Interrupted generation: the renderer dies after the arrays were opened: nothing is left behind.
     cfg2 = tiny(seed=4)
-    real_render = ph.render_with_counterfactuals
+    real_render = ph.store.render_with_counterfactuals
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ph, "render_with_counterfactuals", boom)
+    monkeypatch.setattr(ph.store, "render_with_counterfactuals", boom)
     with pytest.raises(KeyboardInterrupt):
         ph.load_split(cfg2, "val")
-    folder = ph.split_dir(cfg2, "val")
+    folder = store.split_run(cfg2, "val").folder
     assert not (folder / "manifest.json").exists() and not list(folder.glob("*.npy"))
-    monkeypatch.setattr(ph, "render_with_counterfactuals", real_render)
-    # A half-written cache (arrays without manifest, or a manifest with a stale hash) is not trusted.
+    monkeypatch.setattr(ph.store, "render_with_counterfactuals", real_render)
+    # A half-written split (arrays without manifest) is rebuilt; damaged arrays are refused.
     ph.load_split(cfg2, "val")
     (folder / "manifest.json").unlink()
     n_calls = len(calls)
     ph.load_split(cfg2, "val")
     assert len(calls) == n_calls + 1
-    meta = json.loads((folder / "manifest.json").read_text())
-    meta["hash"] = "stale"
-    (folder / "manifest.json").write_text(json.dumps(meta))
-    ph.load_split(cfg2, "val")
-    assert len(calls) == n_calls + 2
+    with open(folder / "counterfactuals.npy", "r+b") as f:
+        f.seek(300)
+        f.write(b"\0" * 64)
+    with pytest.raises(ArtifactError, match="counterfactuals.npy"):
+        ph.load_split(cfg2, "val")
     np.testing.assert_array_equal(np.array(ph.load_split(cfg, "val").images), images)
 
 
-def test_unknown_split_and_source():
+def test_unknown_split_and_source(tmp_path):
     with pytest.raises(KeyError, match="split"):
         ph.load_split(tiny(), "train")
     with pytest.raises(ValueError, match="source"):
-        ph.generate_split(tiny(source="padchest"), "val")
+        ph.build_split(tiny(source="padchest"), "val", tmp_path)
