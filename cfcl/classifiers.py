@@ -1,20 +1,29 @@
 """Parent predictors: a small multi-head CNN for sex, scanner and effusion (paper section 2.1).
 
 They measure the *effectiveness* of counterfactuals (Monteiro et al., ICLR 2023; REFERENCES
-section 2): does a classifier trained on factual images see the intervened parent in x_cf?
+section 2): does a classifier trained on factual images see the intervened parent in x_cf? And,
+frozen, they are the teachers of counterfactual fine-tuning (:mod:`cfcl.hvae.cf_finetune`).
 
 One network, three logits (sex, scanner, effusion), binary cross-entropy per head, trained on
-the factual pretrain images with balanced sampling for effusion (half of every batch, since
-PE is 2.5 % of PadChest). No augmentation (choice: the phantom and real images share one
-geometry; augmentations would blur the scanner signature the scanner head has to read).
-Cached like the HVAE: ``runs_dir(profile) / "classifiers" / "classifiers.pt"`` (weights-only
-loadable), resumable per epoch, refused with an error on a settings mismatch.
+the factual pretrain images. Every batch is **balanced over the four scanner x effusion cells**
+(PE is 2.5 % of PadChest and confounded with the scanner: balancing effusion alone would teach the
+effusion head to read the scanner). **Augmentation** (``hvae.classifier_augment``, default
+``"views"``): the geometry of the pre-training views (:mod:`cfcl.views`: rotation, zoom, shift, and
+flips; :data:`AUGMENT`) for every image, and their photometric jitter, blur and solarisation
+(:data:`PHOTOMETRIC`) for half of each batch, whose *scanner* label is then left out: the scanner is
+the acquisition (contrast, brightness, blur, noise), which the photometric augmentation erases, while
+sex and effusion must be read whatever the acquisition. A measuring stick is only trusted after
+:func:`cfcl.counterfactuals.stick_gates`: the phantom's exact counterfactuals must read as
+counterfactual and x itself must not.
+
+One run of the run layer (:mod:`cfcl.runs`): ``runs/<profile>/classifiers/parents-<key>/classifiers.pt``,
+resumable per epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from pathlib import Path
-from typing import Any
+import time
 
 import numpy as np
 import pandas as pd
@@ -24,12 +33,73 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from cfcl.config import PARENTS, Profile
-from cfcl.data import load_split
-from cfcl.hvae import data_key, oversampled_batches, parents_tensor, settings_mismatch, to_model_space
+from cfcl.config import INTERVENTIONS, PARENTS, Profile
+from cfcl.data import data_run, load_split
+from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path, runs_dir
+from cfcl.runs import Run, load_checkpoint
+from cfcl.views import AugmentConfig, intensity, random_geometry, warp
 
 CHECKPOINT_NAME = "classifiers.pt"
+AUGMENTS = ("none", "geometry", "views")
+#: The predictors' geometric augmentation: the views' rotation, zoom and shift (cfcl.views), milder
+#: (the whole chest stays in view), and horizontal flips (no parent depends on the side).
+AUGMENT = AugmentConfig(rotation_deg=10.0, scale=(1.0, 1.25), translate=0.06, flip_p=0.5, jitter_p=0.0,
+                        blur_p=0.0, solarize_p=0.0)
+#: The views' photometric augmentation (colour jitter, blur, solarisation; cfcl.views defaults).
+PHOTOMETRIC = AugmentConfig()
+#: Share of each batch that also gets :data:`PHOTOMETRIC` with ``hvae.classifier_augment="views"``.
+PHOTOMETRIC_SHARE = 0.5
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = AUGMENT) -> torch.Tensor:
+    """A random rotation/zoom/shift of each image ``(B, 1, H, W)`` in [-1, 1] (one bilinear
+    resampling, :func:`cfcl.views.warp`; black outside the image). Differentiable in ``x``:
+    counterfactual fine-tuning warps ``x_cf`` the same way before the frozen predictors read it."""
+    M = random_geometry(x.shape[0], x.shape[-1], cfg, generator).to(x.device)
+    return warp(x + 1.0, M, mode="bilinear") - 1.0
+
+
+def augment_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The views' augmentations for the predictors' training: :func:`augment` (geometry) for every
+    image, then :data:`PHOTOMETRIC` for a random :data:`PHOTOMETRIC_SHARE` of them. Returns the images
+    and the ``(B,)`` bool mask of the photometrically augmented ones, whose scanner label is not
+    trained (the scanner is a photometric signature; the other heads learn to ignore it)."""
+    x = augment(x, generator)
+    pho = torch.rand(x.shape[0], generator=generator) < PHOTOMETRIC_SHARE
+    if bool(pho.any()):
+        x = x.clone()
+        x[pho] = intensity((x[pho] + 1.0) / 2.0, PHOTOMETRIC, generator) * 2.0 - 1.0
+    return x, pho
+
+
+def cell_batches(cells: np.ndarray, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n_batches`` index batches with the same number of images from every cell (group label
+    per image; the remainder of ``batch_size`` goes to the cells drawn least so far, ties at random,
+    so over the epoch every cell is drawn equally often, within one). Each cell is drawn by walking
+    through fresh permutations of itself, so its images are used as evenly as possible."""
+    cells = np.asarray(cells)
+    groups = [np.flatnonzero(cells == c) for c in np.unique(cells)]
+    k = len(groups)
+    quotas = np.full((n_batches, k), batch_size // k)
+    drawn = np.zeros(k)
+    for b in range(n_batches):
+        extra = np.argsort(drawn + rng.random(k) * 0.5, kind="stable")[:batch_size % k]
+        quotas[b, extra] += 1
+        drawn[extra] += 1
+    streams = []
+    for g, need in zip(groups, quotas.sum(0)):
+        reps = -(-int(need) // len(g))
+        streams.append(np.concatenate([rng.permutation(g) for _ in range(reps)])[:need] if need else g[:0])
+    pos = np.zeros(k, int)
+    out = []
+    for b in range(n_batches):
+        parts = []
+        for j in range(k):
+            parts.append(streams[j][pos[j]:pos[j] + quotas[b, j]])
+            pos[j] += quotas[b, j]
+        out.append(rng.permutation(np.concatenate(parts)))
+    return out
 
 
 class ParentClassifier(nn.Module):
@@ -55,82 +125,93 @@ class ParentClassifier(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-def run_dir(profile: Profile) -> Path:
-    return runs_dir(profile.name) / "classifiers"
+def classifier_run(profile: Profile, width: int = 16, lr: float = 1e-3) -> Run:
+    """The parent predictors' run (``classifiers.pt``); its key covers the settings below and the data."""
+    hv = profile.hvae
+    aug = hv.classifier_augment
+    settings = dict(epochs=hv.classifier_epochs, batch_size=hv.batch_size, width=width, lr=lr,
+                    balance="scanner_x_effusion", augment=aug,
+                    geometry=dataclasses.asdict(AUGMENT) if aug != "none" else None,
+                    photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
+                                 else None),
+                    image_size=profile.data.image_size, seed=profile.seed)
+    return Run("classifiers", "parents", settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
+               remake=f"python -m cfcl.classifiers {profile.cli()}  (or: make hvae {profile.make_args()})")
 
 
-def checkpoint_path(profile: Profile) -> Path:
-    return run_dir(profile) / CHECKPOINT_NAME
+def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, lr: float = 1e-3) -> Run:
+    """Train the parent predictors on the factual pretrain split; return their run.
 
-
-def training_settings(profile: Profile, width: int = 16, lr: float = 1e-3,
-                      effusion_fraction: float = 0.5) -> dict[str, Any]:
-    """Everything that determines the trained predictors (stored in the checkpoint)."""
-    return dict(epochs=profile.hvae.classifier_epochs, batch_size=profile.hvae.batch_size, width=width, lr=lr,
-                effusion_fraction=effusion_fraction, image_size=profile.data.image_size,
-                data=data_key(profile), seed=profile.seed)
-
-
-def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, lr: float = 1e-3,
-                      effusion_fraction: float = 0.5) -> Path:
-    """Train the parent predictors on the factual pretrain split; return the checkpoint path.
-
-    ``hvae.classifier_epochs`` epochs of AdamW, batches of ``hvae.batch_size`` with
-    ``effusion_fraction`` effusion images. Cached/resumable/refused-on-mismatch like
-    :func:`cfcl.hvae.train_hvae` (``epochs`` may grow).
+    ``hvae.classifier_epochs`` epochs of AdamW, ``ceil(N / hvae.batch_size)`` batches per epoch,
+    each balanced over the scanner x effusion cells (:func:`cell_batches`), augmented as
+    ``hvae.classifier_augment`` says: ``"geometry"`` (:func:`augment`), ``"views"``
+    (:func:`augment_views`: the geometry, plus the views' photometric augmentation on half of each
+    batch, whose scanner labels are left out) or ``"none"``. A finished run is verified and returned; an
+    interrupted one resumes from ``last.pt`` (after every epoch).
     """
-    settings = training_settings(profile, width, lr, effusion_fraction)
-    path = checkpoint_path(profile)
-    torch.manual_seed(profile.seed)
-    model = ParentClassifier(width)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    epoch = 0
-    if path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        diffs = settings_mismatch(ckpt["settings"], settings, growable=("epochs",))
-        if diffs:
-            raise ValueError(f"{path} was trained with other settings: " + "; ".join(diffs)
-                             + f". Delete {path.parent} to retrain.")
-        if ckpt["epoch"] >= settings["epochs"]:
-            return path
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        epoch = int(ckpt["epoch"])
-    train = load_split(profile, "pretrain")
-    pa = parents_tensor(train.parents)
-    effusion = train.parents["effusion"].to_numpy()
-    bs = profile.hvae.batch_size
-    bar = tqdm(total=(settings["epochs"] - epoch) * math.ceil(len(train) / bs), desc=f"parent predictors [{profile.name}]",
-               disable=not progress, leave=False)
-    while epoch < settings["epochs"]:
-        model.train()
-        rng = np.random.default_rng([profile.seed, 7, epoch])
-        for idx in oversampled_batches(effusion, bs, effusion_fraction, rng):
-            idx = np.sort(idx)
-            logits = model(to_model_space(train.images[idx]))
-            loss = F.binary_cross_entropy_with_logits(logits, pa[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
-        epoch += 1
-        ckpt = dict(settings=settings, model_config=model.config, model=model.state_dict(),
-                    optimizer=opt.state_dict(), epoch=epoch, finished=epoch >= settings["epochs"])
-        with atomic_path(path) as tmp:
-            torch.save(ckpt, tmp)
-    bar.close()
-    return path
+    run = classifier_run(profile, width, lr)
+    if run.is_finished():
+        return run.require()
+    with run.claim():
+        if run.is_finished():
+            return run.require()
+        settings = run.settings
+        started = time.perf_counter()
+        torch.manual_seed(profile.seed)
+        model = ParentClassifier(width)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        epoch, seconds = 0, 0.0
+        last = run.path("last.pt")
+        if last.exists():
+            ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            epoch, seconds = int(ck["epoch"]), float(ck.get("seconds", 0.0))
+        train = load_split(profile, "pretrain")
+        pa = parents_tensor(train.parents)
+        cells = 2 * train.parents["scanner"].to_numpy() + train.parents["effusion"].to_numpy()
+        bs = profile.hvae.batch_size
+        n_batches = math.ceil(len(train) / bs)
+        bar = tqdm(total=(settings["epochs"] - epoch) * n_batches,
+                   desc=f"parent predictors [{profile.name}]", disable=not progress, leave=False)
+        while epoch < settings["epochs"]:
+            model.train()
+            rng = np.random.default_rng([profile.seed, 7, epoch])
+            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+            for idx in cell_batches(cells, bs, n_batches, rng):
+                idx = np.sort(idx)
+                x = to_model_space(train.images[idx])
+                weight = torch.ones(len(idx), len(PARENTS))
+                if settings["augment"] == "geometry":
+                    x = augment(x, gen)
+                elif settings["augment"] == "views":
+                    x, pho = augment_views(x, gen)
+                    weight[pho, PARENTS.index("scanner")] = 0.0
+                logits = model(x)
+                loss = (F.binary_cross_entropy_with_logits(logits, pa[idx], reduction="none") * weight).sum(0)
+                loss = (loss / weight.sum(0).clamp(min=1)).mean()  # mean per head, then over heads
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+            epoch += 1
+            with atomic_path(last) as tmp:
+                torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
+                                seconds=seconds + time.perf_counter() - started), tmp)
+        bar.close()
+        with atomic_path(run.path(CHECKPOINT_NAME)) as tmp:
+            torch.save(dict(model_config=model.config, model=model.state_dict()), tmp)
+        run.finish([CHECKPOINT_NAME], seconds + time.perf_counter() - started)
+        last.unlink(missing_ok=True)
+        return run
 
 
-def load_classifiers(profile_or_path: Profile | str | Path) -> ParentClassifier:
-    """The trained parent predictors in eval mode."""
-    path = checkpoint_path(profile_or_path) if isinstance(profile_or_path, Profile) else Path(profile_or_path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no parent-predictor checkpoint; run train_classifiers(profile)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = ParentClassifier(**ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+def load_classifiers(profile: Profile) -> ParentClassifier:
+    """The trained parent predictors in eval mode (verified; an error names the command if missing)."""
+    ck = load_checkpoint(classifier_run(profile).require().artifact(CHECKPOINT_NAME))
+    model = ParentClassifier(**ck["model_config"])
+    model.load_state_dict(ck["model"])
     return model.eval()
 
 
@@ -155,23 +236,47 @@ def classifier_metrics(probs: np.ndarray, parents: pd.DataFrame) -> pd.DataFrame
 
 def evaluate_classifiers(profile: Profile, split: str = "val", progress: bool = True) -> pd.DataFrame:
     """Train (if needed) and score the parent predictors on the factual images of ``split``."""
-    model = load_classifiers(train_classifiers(profile, progress=progress))
+    train_classifiers(profile, progress=progress)
+    model = load_classifiers(profile)
     data = load_split(profile, split)
     return classifier_metrics(predict_parents(model, data.images), data.parents)
 
 
+def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")) -> pd.DataFrame:
+    """The measuring stick, checked: accuracy and ROC AUC per parent on the factual images of each
+    split and, where the data has exact counterfactuals (the phantom), on those of every
+    intervention, scored against the counterfactual parents. Columns ``split``, ``images``
+    (``factual`` or ``do(<intervention>)``), ``parent``, ``accuracy``, ``roc_auc``, ``n``, ``positives``.
+    Needs the trained predictors (an error names the command)."""
+    from cfcl.parents import intervene
+
+    model = load_classifiers(profile)
+    frames = []
+    for split in splits:
+        data = load_split(profile, split)
+        sets = [("factual", np.asarray(data.images), data.parents)]
+        if data.counterfactuals is not None:
+            cfs = np.asarray(data.counterfactuals)
+            sets += [(f"do({k})", cfs[:, i], intervene(data.parents, k)) for i, k in enumerate(INTERVENTIONS)]
+        for name, images, parents in sets:
+            frames.append(classifier_metrics(predict_parents(model, images), parents).assign(split=split, images=name))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["split", "images", "parent", "accuracy", "roc_auc", "n", "positives"]]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cfcl.classifiers --profile cpu``: train (or reuse) the parent predictors."""
+    """``python -m cfcl.classifiers --profile cpu [--set ...]``: train (or verify) the parent predictors."""
     import argparse
 
     from cfcl.config import get_profile
-    from cfcl.hvae import parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m cfcl.classifiers", description="Train the parent predictors.")
     parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", default="")
     args = parser.parse_args(argv)
-    print(f"parent predictors: {train_classifiers(get_profile(args.profile, **parse_overrides(args.overrides)))}")
+    run = train_classifiers(get_profile(args.profile, args.overrides, args.variant))
+    print(f"parent predictors: {run.folder}")
 
 
 if __name__ == "__main__":

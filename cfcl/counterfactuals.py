@@ -8,52 +8,40 @@ temperature ``t = 0``), decode with ``pa`` to get ``(loc, scale)`` and with ``pa
 ``x_cf = clamp(cf_loc + cf_scale * u, -1, 1)``. The null intervention returns ``x`` up to float
 rounding (identical after uint8 quantisation).
 
+The model is the counterfactually fine-tuned HVAE (:mod:`cfcl.hvae.cf_finetune`) when
+``hvae.cf_finetune_steps > 0`` (default), else the ELBO-only one; the counterfactual run is keyed by
+that model's run, so the two never share counterfactuals.
+
 Three views per image, in the order of ``config.INTERVENTIONS``: do(scanner), do(effusion),
 do(scanner, effusion), each flipping the binary parent(s).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-from pathlib import Path
+import time
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
-from cfcl.data import load_split
-from cfcl.hvae import HVAE, data_key, load_hvae, parents_tensor, to_model_space, to_uint8, train_hvae
-from cfcl.paths import atomic_path, cache_dir
+from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
+from cfcl.data import data_run, load_split
+from cfcl.hvae import HVAE, counterfactual_model_run, elbo_only, load_counterfactual_model
+from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
+from cfcl.paths import atomic_path, runs_dir
+from cfcl.runs import Run
 
 ARRAY_NAME = "counterfactuals.npy"
-MANIFEST_NAME = "manifest.json"
-CF_SOURCES = ("hvae", "oracle")
 
 
 # --------------------------------------------------------------------------------------------
 # One batch
 # --------------------------------------------------------------------------------------------
-def intervene(pa: torch.Tensor, intervention: str) -> torch.Tensor:
-    """Counterfactual parents ``(B, 3)``: flip the binary parent(s) named by ``intervention``
-    (one of ``config.INTERVENTIONS``, or ``"null"`` for no change)."""
-    cf = pa.clone()
-    if intervention == "null":
-        return cf
-    if intervention not in INTERVENED_PARENTS:
-        raise KeyError(f"unknown intervention {intervention!r}; choose one of {INTERVENTIONS} or 'null'")
-    for name in INTERVENED_PARENTS[intervention]:
-        j = PARENTS.index(name)
-        cf[:, j] = 1.0 - cf[:, j]
-    return cf
-
-
 @torch.no_grad()
 def counterfactual(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor, t: float = 0.0,
                    alpha: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``x_cf (B, 1, H, W)`` in [-1, 1] for ``x (B, 1, H, W)`` in [-1, 1], ``pa``/``cf_pa (B, 3)``.
+    """``x_cf (B, 1, H, W)`` in [-1, 1] for ``x (B, 1, H, W)`` in [-1, 1], ``pa``/``cf_pa (B, 3)``
+    (:meth:`cfcl.hvae.HVAE.counterfactual` without gradient, in eval mode).
 
     ``t``: temperature of the latent abduction (0: posterior means, deterministic).
     ``alpha``: 1 (default, the brief's abduction) keeps the abducted ``z``; ``alpha < 1`` uses
@@ -65,17 +53,7 @@ def counterfactual(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.
     if pa.shape != cf_pa.shape or pa.shape[0] != x.shape[0]:
         raise ValueError(f"pa {tuple(pa.shape)} and cf_pa {tuple(cf_pa.shape)} must both be (B, P) with B = {x.shape[0]}")
     model.eval()
-    zs = [s["z"] for s in model.abduct(x, pa, t=t, generator=generator)]
-    if alpha == 1.0:
-        h, _ = model.decode(pa, latents=zs)
-        h_cf, _ = model.decode(cf_pa, latents=zs)
-    else:
-        h, _ = model.decode(pa, mix=(zs, alpha))
-        h_cf, _ = model.decode(cf_pa, mix=(zs, alpha))
-    loc, logscale = model.pixel_params(h)
-    cf_loc, cf_logscale = model.pixel_params(h_cf)
-    u = (x - loc) * torch.exp(-logscale)
-    return (cf_loc + torch.exp(cf_logscale) * u).clamp(-1.0, 1.0)
+    return model.counterfactual(x, pa, cf_pa, t=t, alpha=alpha, generator=generator)
 
 
 def counterfactual_images(model: HVAE, images: np.ndarray, pa: torch.Tensor, cf_pa: torch.Tensor,
@@ -95,23 +73,17 @@ def all_interventions(model: HVAE, images: np.ndarray, pa: torch.Tensor, t: floa
 
 
 # --------------------------------------------------------------------------------------------
-# Cache
+# The counterfactual run
 # --------------------------------------------------------------------------------------------
-def file_digest(path: str | Path, n: int = 16) -> str:
-    """First ``n`` hex digits of the SHA-256 of a file's contents."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
-
-
-def cache_key(profile: Profile, checkpoint: str | Path, split: str, t: float = 0.0, alpha: float = 1.0) -> str:
-    """``<split>-<hash>``: the hash covers the HVAE checkpoint's contents, the data config and
-    the abduction settings, so a new model or new data never reuses stale counterfactuals."""
-    payload = json.dumps(dict(ckpt=file_digest(checkpoint), data=data_key(profile), split=split,
-                              t=float(t), alpha=float(alpha)), sort_keys=True)
-    return f"{split}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+def counterfactual_run(profile: Profile, split: str = "pretrain", t: float = 0.0, alpha: float = 1.0) -> Run:
+    """The run holding the HVAE counterfactuals of one split (``counterfactuals.npy``, uint8
+    ``(N, 3, H, W)``); its key covers the abduction settings, the split and the run of the model
+    they are drawn from (:func:`cfcl.hvae.counterfactual_model_run`: the fine-tuned HVAE, or the
+    ELBO one with ``hvae.cf_finetune_steps=0``)."""
+    return Run("counterfactuals", split, {"split": split, "t": float(t), "alpha": float(alpha)},
+               runs_dir(profile.name), {"hvae": counterfactual_model_run(profile), "data": data_run(profile, split)},
+               remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split}"
+                      f"  (or: make hvae {profile.make_args()})")
 
 
 def _batch_name(lo: int, hi: int) -> str:
@@ -122,65 +94,68 @@ def generate(profile: Profile, split: str = "pretrain", progress: bool = True, t
              alpha: float = 1.0, batch_size: int | None = None) -> np.ndarray:
     """HVAE counterfactuals of every image of ``split``: uint8 memmap ``(N, 3, H, W)``.
 
-    Trains the HVAE first if needed (a no-op when its checkpoint is finished). Written under
-    ``cache_dir(profile) / "counterfactuals" / <key>`` (see :func:`cache_key`) one batch of
-    ``hvae.cf_batch_size`` images per file, so an interrupted run resumes with the missing
-    batches only; the batches are then joined into one ``.npy`` and ``manifest.json`` is
-    written last (everything through ``atomic_path``).
+    Needs the counterfactual HVAE (:func:`cfcl.hvae.load_counterfactual_model`; an error names
+    the command that makes it otherwise). Made once, as the run
+    :func:`counterfactual_run`: one batch of ``hvae.cf_batch_size`` images per file, so an
+    interrupted run resumes with the missing batches only; the batches are then joined into one
+    ``.npy`` and the manifest written last. Two processes (or torchrun ranks) asking at once:
+    one generates, the other waits for it (the run's lock) and then reads the result.
     """
-    ckpt = train_hvae(profile, progress=progress)
-    folder = cache_dir(profile.name) / "counterfactuals" / cache_key(profile, ckpt, split, t, alpha)
-    if (folder / MANIFEST_NAME).exists():
-        return np.load(folder / ARRAY_NAME, mmap_mode="r")
+    run = counterfactual_run(profile, split, t, alpha)
+    if not run.is_finished():
+        with run.claim():
+            if not run.is_finished():
+                _generate(profile, run, split, progress, t, alpha, batch_size)
+    return np.load(run.require().artifact(ARRAY_NAME), mmap_mode="r")
+
+
+def _generate(profile: Profile, run: Run, split: str, progress: bool, t: float, alpha: float,
+              batch_size: int | None) -> None:
+    started = time.perf_counter()
+    model = load_counterfactual_model(profile)
     data = load_split(profile, split)
-    model = load_hvae(ckpt)
     pa = parents_tensor(data.parents)
     n, (H, W) = len(data), data.images.shape[1:]
     bs = int(batch_size or profile.hvae.cf_batch_size)
     bounds = [(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
-    todo = [b for b in bounds if not (folder / _batch_name(*b)).exists()]
+    todo = [b for b in bounds if not run.path(_batch_name(*b)).exists()]
     for lo, hi in tqdm(todo, desc=f"counterfactuals {split} [{profile.name}]", disable=not progress, leave=False):
         cf = all_interventions(model, np.asarray(data.images[lo:hi]), pa[lo:hi], t=t, alpha=alpha)
-        with atomic_path(folder / _batch_name(lo, hi)) as tmp, open(tmp, "wb") as f:
+        with atomic_path(run.path(_batch_name(lo, hi))) as tmp, open(tmp, "wb") as f:
             np.save(f, cf)
-    with atomic_path(folder / ARRAY_NAME) as tmp:
+    with atomic_path(run.path(ARRAY_NAME)) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, len(INTERVENTIONS), H, W))
         for lo, hi in bounds:
-            out[lo:hi] = np.load(folder / _batch_name(lo, hi))
+            out[lo:hi] = np.load(run.path(_batch_name(lo, hi)))
         out.flush()
         del out
-    manifest = dict(split=split, n=n, shape=[n, len(INTERVENTIONS), H, W], interventions=list(INTERVENTIONS),
-                    checkpoint_digest=file_digest(ckpt), data=data_key(profile), t=t, alpha=alpha)
-    with atomic_path(folder / MANIFEST_NAME) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2))
+    run.finish([ARRAY_NAME], time.perf_counter() - started,
+               extra={"shape": [n, len(INTERVENTIONS), H, W], "interventions": list(INTERVENTIONS)})
     for lo, hi in bounds:
-        (folder / _batch_name(lo, hi)).unlink(missing_ok=True)
-    return np.load(folder / ARRAY_NAME, mmap_mode="r")
+        run.path(_batch_name(lo, hi)).unlink(missing_ok=True)
 
 
-def clear_cache(profile: Profile) -> None:
-    """Delete every cached counterfactual of the profile (all models, all splits)."""
-    shutil.rmtree(cache_dir(profile.name) / "counterfactuals", ignore_errors=True)
-
-
-def get_counterfactuals(profile: Profile, split: str = "pretrain", source: str | None = None,
-                        progress: bool = True) -> np.ndarray:
+def get_counterfactuals(profile: Profile, split: str = "pretrain", source: str | None = None) -> np.ndarray:
     """The counterfactual views used by pre-training: uint8 ``(N, 3, H, W)`` in the order of
     ``config.INTERVENTIONS``.
 
-    ``source`` (default ``profile.pretrain.cf_source``): ``"hvae"`` trains the HVAE if needed
-    and generates (cached); ``"oracle"`` returns the data source's exact counterfactuals (the
-    phantom has them; real data does not).
+    ``source`` (default ``profile.pretrain.cf_source``): ``"hvae"``, the HVAE's (made by
+    :func:`generate`; an error names the command when they are not made yet); ``"oracle"``, the
+    data source's exact counterfactuals (the phantom has them; real data does not);
+    ``"identity"``, ``x`` itself three times (an ablation: as many views, none counterfactual).
     """
     source = source or profile.pretrain.cf_source
     if source == "hvae":
-        return generate(profile, split, progress=progress)
+        run = counterfactual_run(profile, split)
+        return np.load(run.require().artifact(ARRAY_NAME), mmap_mode="r")
+    data = load_split(profile, split)
     if source == "oracle":
-        data = load_split(profile, split)
         if data.counterfactuals is None:
             raise ValueError(f"data source {profile.data.source!r} has no oracle counterfactuals for split "
                              f"{split!r}; use pretrain.cf_source='hvae'")
         return data.counterfactuals
+    if source == "identity":
+        return np.broadcast_to(np.asarray(data.images)[:, None], (len(data), len(INTERVENTIONS)) + data.images.shape[1:])
     raise ValueError(f"unknown counterfactual source {source!r} (setting pretrain.cf_source); choose one of {CF_SOURCES}")
 
 
@@ -217,73 +192,192 @@ def changed_region_dice(x: np.ndarray, cf: np.ndarray, oracle: np.ndarray, thres
     return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
 
 
+#: Direction subsets reported beside the whole split: adding fluid (factual effusion 0) and removing it.
+DIRECTIONS = {"add": 0, "remove": 1}
+
+
 def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: list[np.ndarray],
                  null: np.ndarray | None, reverse: np.ndarray | None, oracle: np.ndarray | None,
-                 method: str, threshold: float = 0.1) -> list[dict]:
-    """Quality rows (one per intervention) of counterfactuals ``cf (N, 3, H, W)`` of ``x (N, H, W)``.
+                 method: str, threshold: float = 0.1, p_x: np.ndarray | None = None) -> list[dict]:
+    """Quality rows of counterfactuals ``cf (N, 3, H, W)`` of ``x (N, H, W)``: one per intervention
+    (``scanner``, ``effusion``, ``both``), then, for the interventions on effusion, one per direction
+    (``effusion_add``, ``effusion_remove``, ``both_add``, ``both_remove``: the images without, resp.
+    with, fluid).
 
-    ``probs[k]``: parent-predictor probabilities ``(N, 3)`` on ``cf[:, k]``; ``null``: the null
-    intervention ``(N, H, W)`` (None: x itself); ``reverse``: counterfactuals of the
-    counterfactuals back to the factual parents ``(N, 3, H, W)`` (None: cf itself);
-    ``oracle``: the true counterfactuals ``(N, 3, H, W)`` or None.
+    ``probs[k]``: parent-predictor probabilities ``(N, 3)`` on ``cf[:, k]``; ``p_x``: the same on
+    ``x`` (None: the column ``sex_kept`` is left out); ``null``: the null intervention ``(N, H, W)``
+    (None: x itself); ``reverse``: counterfactuals of the counterfactuals back to the factual parents
+    ``(N, 3, H, W)`` (None: cf itself); ``oracle``: the true counterfactuals ``(N, 3, H, W)`` or None.
 
     Columns: ``effectiveness`` (share of images whose intervened parent(s) are all predicted
     at their counterfactual value), ``preservation`` (same for the other parents at their
-    factual value), ``composition_mae`` and ``reversibility_mae`` (grey levels), and with an
-    oracle ``oracle_mae``, ``oracle_psnr``, ``oracle_ssim``, ``changed_dice``.
+    factual value), ``sex_kept`` (share whose predicted sex is the one predicted on x: the
+    untouched parent preserved, whatever the sex head's own accuracy), ``composition_mae`` and
+    ``reversibility_mae`` (grey levels), and with an oracle ``oracle_mae``, ``oracle_psnr``,
+    ``oracle_ssim``, ``changed_dice``.
     """
     pa = parents[list(PARENTS)].to_numpy().astype(int)
-    comp = mae(null if null is not None else x, x).mean()
-    rows = []
+    comp = mae(null if null is not None else x, x)
+    sex = PARENTS.index("sex")
+    eff_col = PARENTS.index("effusion")
+    rows, subsets = [], []
     for k, name in enumerate(INTERVENTIONS):
         cf_pa = pa.copy()
         idx = [PARENTS.index(p) for p in INTERVENED_PARENTS[name]]
         cf_pa[:, idx] = 1 - cf_pa[:, idx]
         pred = (probs[k] > 0.5).astype(int)
         keep = [j for j in range(len(PARENTS)) if j not in idx]
-        row = dict(method=method, intervention=name, n=len(x),
-                   effectiveness=float((pred[:, idx] == cf_pa[:, idx]).all(1).mean()),
-                   preservation=float((pred[:, keep] == pa[:, keep]).all(1).mean()),
-                   composition_mae=float(comp),
-                   reversibility_mae=float(mae(reverse[:, k] if reverse is not None else cf[:, k], x).mean()))
+        per = dict(effectiveness=(pred[:, idx] == cf_pa[:, idx]).all(1).astype(float),
+                   preservation=(pred[:, keep] == pa[:, keep]).all(1).astype(float))
+        if p_x is not None:
+            per["sex_kept"] = (pred[:, sex] == (p_x[:, sex] > 0.5)).astype(float)
+        per["composition_mae"] = comp
+        per["reversibility_mae"] = mae(reverse[:, k] if reverse is not None else cf[:, k], x)
         if oracle is not None:
-            row.update(oracle_mae=float(mae(cf[:, k], oracle[:, k]).mean()),
-                       oracle_psnr=float(psnr(cf[:, k], oracle[:, k]).mean()),
-                       oracle_ssim=float(ssim(cf[:, k], oracle[:, k]).mean()),
-                       changed_dice=float(changed_region_dice(x, cf[:, k], oracle[:, k], threshold).mean()))
-        rows.append(row)
-    return rows
+            per.update(oracle_mae=mae(cf[:, k], oracle[:, k]), oracle_psnr=psnr(cf[:, k], oracle[:, k]),
+                       oracle_ssim=ssim(cf[:, k], oracle[:, k]),
+                       changed_dice=changed_region_dice(x, cf[:, k], oracle[:, k], threshold))
+        rows.append(dict(method=method, intervention=name, n=len(x),
+                         **{m: float(v.mean()) if len(v) else float("nan") for m, v in per.items()}))
+        if eff_col in idx:
+            for direction, value in DIRECTIONS.items():
+                sel = pa[:, eff_col] == value
+                subsets.append(dict(method=method, intervention=f"{name}_{direction}", n=int(sel.sum()),
+                                    **{m: float(v[sel].mean()) if sel.any() else float("nan")
+                                       for m, v in per.items()}))
+    return rows + subsets
 
 
-def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, progress: bool = True,
-             t: float = 0.0, alpha: float = 1.0) -> pd.DataFrame:
-    """Counterfactual quality on ``split``: one row per (method, intervention).
+def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, clf, p_x: np.ndarray,
+                oracle: np.ndarray | None, threshold: float, progress: bool, t: float, alpha: float) -> list[dict]:
+    """Quality rows of the counterfactual model of ``profile`` (generating its split if needed)."""
+    from cfcl.classifiers import predict_parents
 
-    ``method = "hvae"``: the HVAE counterfactuals; ``method = "identity"``: the trivial
-    baseline that returns ``x`` itself (its composition and reversibility are 0 by
-    construction; its effectiveness shows how often the predictors already "see" the
-    counterfactual parent on x). Metrics: see :func:`quality_rows`; MAE in grey levels;
-    ``threshold`` (fraction of the 0..255 range, default 0.1 = 25.5 grey levels, above the
-    phantom's detector noise) defines the changed regions for ``changed_dice``.
-    Trains the HVAE and the parent predictors first if needed.
-    """
-    from cfcl.classifiers import load_classifiers, predict_parents, train_classifiers
-
-    data = load_split(profile, split)
-    x = np.asarray(data.images)
+    model = load_counterfactual_model(profile)
     cf = np.asarray(generate(profile, split, progress=progress, t=t, alpha=alpha))
-    model = load_hvae(train_hvae(profile, progress=progress))
-    clf = load_classifiers(train_classifiers(profile, progress=progress))
     pa = parents_tensor(data.parents)
     bs = profile.hvae.cf_batch_size
     null = counterfactual_images(model, x, pa, pa, bs, t=t, alpha=alpha)
     reverse = np.stack([counterfactual_images(model, cf[:, k], intervene(pa, name), pa, bs, t=t, alpha=alpha)
                         for k, name in enumerate(INTERVENTIONS)], 1)
-    oracle = None if data.counterfactuals is None else np.asarray(data.counterfactuals)
     probs = [predict_parents(clf, cf[:, k]) for k in range(len(INTERVENTIONS))]
-    rows = quality_rows(x, data.parents, cf, probs, null, reverse, oracle, "hvae", threshold)
-    identity = np.repeat(x[:, None], len(INTERVENTIONS), 1)
+    return quality_rows(x, data.parents, cf, probs, null, reverse, oracle, method, threshold, p_x=p_x)
+
+
+def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, progress: bool = True,
+             t: float = 0.0, alpha: float = 1.0, before: bool = True) -> pd.DataFrame:
+    """Counterfactual quality on ``split``: rows per (method, intervention), see :func:`quality_rows`.
+
+    ``method = "hvae"``: the counterfactuals pre-training uses (the fine-tuned HVAE, or the ELBO
+    one with ``hvae.cf_finetune_steps=0``); ``"hvae_elbo"`` (with ``before`` and fine-tuning on):
+    the ELBO-only HVAE the fine-tuning started from; ``"identity"``: the trivial baseline that
+    returns ``x`` itself (its composition and reversibility are 0 by construction; its
+    effectiveness shows how often the predictors already "see" the counterfactual parent on x);
+    with exact counterfactuals (the phantom) ``"oracle"``: them, scored with the same predictors,
+    the measuring stick's own ceiling (see :func:`stick_gates`). MAE in grey levels; ``threshold``
+    (fraction of the 0..255 range, default 0.1 = 25.5 grey levels, above the phantom's detector
+    noise) defines the changed regions for ``changed_dice``.
+    Needs the counterfactual HVAE(s) and the parent predictors (errors name the commands that make
+    them); generates the split's counterfactuals if they are not made yet (this stage's own work).
+    """
+    from cfcl.classifiers import load_classifiers, predict_parents
+
+    data = load_split(profile, split)
+    x = np.asarray(data.images)
+    clf = load_classifiers(profile)
+    oracle = None if data.counterfactuals is None else np.asarray(data.counterfactuals)
     p_x = predict_parents(clf, x)
+    common = (x, data, clf, p_x, oracle, threshold, progress, t, alpha)
+    rows = _model_rows(profile, split, "hvae", *common)
+    if before and profile.hvae.cf_finetune_steps > 0:
+        rows += _model_rows(elbo_only(profile), split, "hvae_elbo", *common)
+    identity = np.repeat(x[:, None], len(INTERVENTIONS), 1)
     rows += quality_rows(x, data.parents, identity, [p_x] * len(INTERVENTIONS), None, None, oracle, "identity",
-                         threshold)
+                         threshold, p_x=p_x)
+    if oracle is not None:
+        p_o = [predict_parents(clf, oracle[:, k]) for k in range(len(INTERVENTIONS))]
+        rows += quality_rows(x, data.parents, oracle, p_o, x, np.broadcast_to(x[:, None], oracle.shape), oracle,
+                             "oracle", threshold, p_x=p_x)  # exact: null and reversal give x back
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Gates (issue 9): a measuring stick first, then the counterfactuals
+# --------------------------------------------------------------------------------------------
+#: The stick: exact counterfactuals must read as counterfactual, x itself must not.
+STICK_GATES = ([("oracle", k, "effectiveness", ">=", 0.95) for k in INTERVENTIONS]
+               + [("identity", k, "effectiveness", "<=", 0.10) for k in INTERVENTIONS])
+#: Acceptance of the HVAE's counterfactuals (``"x identity"``: relative to returning x).
+ACCEPTANCE = [
+    ("effusion", "effectiveness", ">=", 0.85), ("effusion", "changed_dice", ">=", 0.60),
+    ("effusion", "oracle_mae", "<= x identity", 0.70),
+    ("scanner", "effectiveness", ">=", 0.95), ("scanner", "oracle_mae", "<=", 15.0),
+    ("both", "effectiveness", ">=", 0.80), ("both", "changed_dice", ">=", 0.50),
+    ("both", "oracle_mae", "<= x identity", 0.70),
+    *[(k, "sex_kept", ">=", 0.95) for k in INTERVENTIONS],
+    ("scanner", "composition_mae", "<=", 1.0),
+    *[(k, "reversibility_mae", "<=", 5.0) for k in INTERVENTIONS],
+]
+#: Metrics read through the parent predictors (not claimed when the stick fails).
+STICK_METRICS = ("effectiveness", "preservation", "sex_kept")
+
+
+def _value(q: pd.DataFrame, method: str, intervention: str, metric: str) -> float:
+    sel = q[(q["method"] == method) & (q["intervention"] == intervention)]
+    return float(sel[metric].iloc[0]) if len(sel) and metric in sel else float("nan")
+
+
+def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
+    """The gates of a quality table (:func:`evaluate`): first the measuring stick's
+    (:data:`STICK_GATES`), then the acceptance of ``method`` (:data:`ACCEPTANCE`). Columns ``gate``
+    (``stick`` or ``method``), ``method``, ``intervention``, ``metric``, ``value``, ``target``,
+    ``passed`` (True/False; None for a metric read through a stick that fails its gates: no
+    number is claimed with it) and ``note``. Rows whose inputs are absent (no oracle) are omitted."""
+    rows = []
+    for m, k, metric, op, bound in STICK_GATES:
+        v = _value(quality, m, k, metric)
+        if np.isfinite(v):
+            rows.append(dict(gate="stick", method=m, intervention=k, metric=metric, value=v, target=f"{op} {bound:g}",
+                             passed=bool(v >= bound if op == ">=" else v <= bound), note=""))
+    stick_ok = bool(rows) and all(r["passed"] for r in rows)
+    for k, metric, op, bound in ACCEPTANCE:
+        v = _value(quality, method, k, metric)
+        if not np.isfinite(v):
+            continue
+        target, limit = f"{op} {bound:g}", bound
+        if op == "<= x identity":
+            ref = _value(quality, "identity", k, metric)
+            if not np.isfinite(ref):
+                continue
+            limit, target = bound * ref, f"<= {bound:g} x {ref:.3f} = {bound * ref:.3f}"
+        passed = bool(v >= limit if op == ">=" else v <= limit)
+        note = ""
+        if metric in STICK_METRICS and not stick_ok:
+            passed, note = None, "not claimed: the measuring stick fails its gates"
+        rows.append(dict(gate=method, method=method, intervention=k, metric=metric, value=v, target=target,
+                         passed=passed, note=note))
+    return pd.DataFrame(rows, columns=["gate", "method", "intervention", "metric", "value", "target", "passed", "note"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cfcl.counterfactuals --profile cpu [--splits pretrain test]``: generate (or verify)
+    the HVAE counterfactuals of the named splits (the HVAE must be trained)."""
+    import argparse
+
+    from cfcl.config import get_profile
+    from cfcl.data import SPLITS
+
+    ap = argparse.ArgumentParser(prog="python -m cfcl.counterfactuals", description=main.__doc__)
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--variant", default="")
+    ap.add_argument("--splits", nargs="*", default=["pretrain", "test"], choices=list(SPLITS))
+    args = ap.parse_args(argv)
+    profile = get_profile(args.profile, args.overrides, args.variant)
+    for split in args.splits:
+        cf = generate(profile, split)
+        print(f"{split}: {cf.shape} ({counterfactual_run(profile, split).folder})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
-"""Tests of counterfactual generation, its cache, the source interface, quality metrics and the
-parent predictors (cfcl.counterfactuals, cfcl.classifiers) on tiny synthetic data (16 px)."""
+"""Tests of counterfactual generation, its run, the source interface, quality metrics and the
+parent predictors (cfcl.counterfactuals, cfcl.classifiers): pure functions on tiny synthetic blobs
+(16 px), runs on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +10,12 @@ import torch
 
 import cfcl.classifiers as clf
 import cfcl.counterfactuals as cfm
-import cfcl.hvae as hv
-from cfcl.config import INTERVENTIONS, get_profile
-from cfcl.data import ChestSplit
-from cfcl.paths import cache_dir
+import cfcl.hvae.model as hv
+from cfcl.config import INTERVENTIONS
+from cfcl.data import ChestSplit, load_split
+from cfcl.hvae import load_hvae, train_hvae
+from cfcl.parents import intervene, parents_tensor, to_model_space
+from cfcl.runs import MissingRunError
 
 
 def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSplit:
@@ -33,33 +36,6 @@ def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSp
     cfs = np.stack([render(s, 1 - c, e), render(s, c, 1 - e), render(s, 1 - c, 1 - e)], 1)
     return ChestSplit(name=name, images=render(s, c, e), parents=pa, silver=np.zeros((n, size, size), np.uint8),
                       counterfactuals=cfs)
-
-
-def tiny_profile(**over):
-    base = {"data.image_size": 16, "data.n_pretrain": 24, "data.n_val": 8, "hvae.widths": [8, 8],
-            "hvae.z_dims": [2, 2], "hvae.epochs": 1, "hvae.batch_size": 8, "hvae.cf_batch_size": 8,
-            "hvae.classifier_epochs": 1}
-    base.update(over)
-    return get_profile("smoke", **base)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def synthetic(monkeypatch, tmp_path):
-    monkeypatch.setenv("CFCL_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("CFCL_CACHE", str(tmp_path / "cache"))
-    splits = {"pretrain": synthetic_split("pretrain", 24, seed=1), "val": synthetic_split("val", 8, seed=2),
-              "test": synthetic_split("test", 12, seed=3)}
-    for module in (hv, cfm, clf):
-        monkeypatch.setattr(module, "load_split", lambda profile, split: splits[split])
-    return splits
 
 
 ORIGINAL_COUNTERFACTUAL = cfm.counterfactual
@@ -85,12 +61,14 @@ class CallCounter:
 # ---------------------------------------------------------------------------------------------
 def test_intervene_flips_named_parents():
     pa = torch.tensor([[0.0, 1, 0], [1, 0, 1]])
-    assert cfm.intervene(pa, "scanner").tolist() == [[0, 0, 0], [1, 1, 1]]
-    assert cfm.intervene(pa, "effusion").tolist() == [[0, 1, 1], [1, 0, 0]]
-    assert cfm.intervene(pa, "both").tolist() == [[0, 0, 1], [1, 1, 0]]
-    assert torch.equal(cfm.intervene(pa, "null"), pa)
+    assert intervene(pa, "scanner").tolist() == [[0, 0, 0], [1, 1, 1]]
+    assert intervene(pa, "effusion").tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert intervene(pa, "both").tolist() == [[0, 0, 1], [1, 1, 0]]
+    assert torch.equal(intervene(pa, "none"), pa)
+    frame = pd.DataFrame(dict(sex=[0, 1], scanner=[1, 0], effusion=[0, 1]))
+    assert intervene(frame, "both")[["scanner", "effusion"]].values.tolist() == [[0, 1], [1, 0]]
     with pytest.raises(KeyError, match="sex"):
-        cfm.intervene(pa, "sex")
+        intervene(pa, "sex")
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
@@ -98,17 +76,17 @@ def test_null_intervention_returns_x_exactly(alpha):
     torch.manual_seed(0)
     model = hv.HVAE(16, widths=[8, 8], z_dims=[2, 2], stem_stride=2).eval()
     split = synthetic_split("x", 6)
-    pa = hv.parents_tensor(split.parents)
+    pa = parents_tensor(split.parents)
     # the generation code path: uint8 in, uint8 out, batches of 4
     out = cfm.counterfactual_images(model, split.images, pa, pa, batch_size=4, alpha=alpha)
     np.testing.assert_array_equal(out, split.images)
-    x = hv.to_model_space(split.images)
+    x = to_model_space(split.images)
     assert (cfm.counterfactual(model, x, pa, pa, alpha=alpha) - x).abs().max() < 1e-4
     # a real intervention changes the image (the prior/decoder see the parents)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    flipped = cfm.counterfactual_images(model, split.images, pa, cfm.intervene(pa, "effusion"), alpha=alpha)
+    flipped = cfm.counterfactual_images(model, split.images, pa, intervene(pa, "effusion"), alpha=alpha)
     assert (flipped != split.images).any()
 
 
@@ -120,24 +98,29 @@ def test_counterfactual_rejects_bad_shapes():
         cfm.counterfactual(model, torch.zeros(2, 1, 16, 16), torch.zeros(2, 3), torch.zeros(1, 3))
 
 
-def test_generate_cached_resumable_and_invalidated(synthetic, monkeypatch):
-    prof = tiny_profile()
+def test_generate_is_a_run_resumable_and_keyed_by_the_hvae(tiny, monkeypatch):
+    prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0})  # the ELBO-only HVAE draws them
+    with pytest.raises(MissingRunError, match="cfcl.hvae"):
+        cfm.generate(prof, "pretrain", progress=False)  # never trains the HVAE behind the user's back
+    train_hvae(prof, progress=False)
     full = np.array(cfm.generate(prof, "pretrain", progress=False))
-    assert full.shape == (24, 3, 16, 16) and full.dtype == np.uint8
-    model = hv.load_hvae(prof)
-    pa = hv.parents_tensor(synthetic["pretrain"].parents)
-    np.testing.assert_array_equal(full[:8], cfm.all_interventions(model, synthetic["pretrain"].images[:8], pa[:8]))
-    folder = next((cache_dir("smoke") / "counterfactuals").glob("pretrain-*"))
-    assert (folder / cfm.MANIFEST_NAME).exists() and not list(folder.glob("rows_*"))
+    assert full.shape == (24, 3, 32, 32) and full.dtype == np.uint8
+    split = load_split(prof, "pretrain")
+    np.testing.assert_array_equal(full[:8], cfm.all_interventions(load_hvae(prof), split.images[:8],
+                                                                  parents_tensor(split.parents)[:8]))
+    run = cfm.counterfactual_run(prof, "pretrain")
+    assert run.is_finished() and not list(run.folder.glob("rows_*"))
 
-    # cached: nothing recomputed
+    # made: nothing recomputed
     counter = CallCounter()
     monkeypatch.setattr(cfm, "counterfactual", counter)
     np.testing.assert_array_equal(cfm.generate(prof, "pretrain", progress=False), full)
     assert counter.calls == 0
 
     # interrupted after one batch (3 interventions), then resumed: only the other 2 batches run
-    cfm.clear_cache(prof)
+    import shutil
+
+    shutil.rmtree(run.folder)
     monkeypatch.setattr(cfm, "counterfactual", CallCounter(fail_after=3))
     with pytest.raises(Interrupted):
         cfm.generate(prof, "pretrain", progress=False)
@@ -146,23 +129,79 @@ def test_generate_cached_resumable_and_invalidated(synthetic, monkeypatch):
     np.testing.assert_array_equal(cfm.generate(prof, "pretrain", progress=False), full)
     assert counter.calls == 2 * len(INTERVENTIONS)
 
-    # a new checkpoint (one more epoch) gives a new key: everything is regenerated
-    more = tiny_profile(**{"hvae.epochs": 2})
-    counter = CallCounter()
-    monkeypatch.setattr(cfm, "counterfactual", counter)
-    new = cfm.generate(more, "pretrain", progress=False)
-    assert counter.calls == 3 * len(INTERVENTIONS) and new.shape == full.shape
-    assert len(list(folder.parent.glob("pretrain-*"))) == 2
+    # another HVAE (one more epoch) is another upstream run: another counterfactual run
+    more = tiny({"hvae.epochs": 2, "hvae.cf_finetune_steps": 0})
+    assert cfm.counterfactual_run(more, "pretrain").key != run.key
 
 
-def test_get_counterfactuals_sources(synthetic):
-    prof = tiny_profile()
-    oracle = cfm.get_counterfactuals(prof, "pretrain", source="oracle")
-    assert oracle is synthetic["pretrain"].counterfactuals
-    assert cfm.get_counterfactuals(prof, "pretrain").shape == (24, 3, 16, 16)  # smoke default: hvae
-    synthetic["val"].counterfactuals = None
-    with pytest.raises(ValueError, match="no oracle counterfactuals"):
-        cfm.get_counterfactuals(prof, "val", source="oracle")
+def test_counterfactual_run_is_keyed_by_the_fine_tuned_run(tiny):
+    from cfcl.hvae import cf_finetune_run, finetune_counterfactuals, hvae_run
+
+    prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2})
+    run = cfm.counterfactual_run(prof, "test")
+    assert run.upstream["hvae"].key == cf_finetune_run(prof).key != hvae_run(prof).key
+    elbo = cfm.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0}), "test")
+    assert elbo.upstream["hvae"].key == hvae_run(prof).key and elbo.key != run.key
+    assert cfm.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2, "hvae.cf_damping": 1.0}),
+                                  "test").key != run.key
+    # never fine-tunes (nor trains) behind the caller's back
+    train_hvae(prof, progress=False)
+    clf.train_classifiers(prof, progress=False)
+    with pytest.raises(MissingRunError, match=r"cfcl\.hvae\.cf_finetune"):
+        cfm.generate(prof, "test", progress=False)
+    finetune_counterfactuals(prof, progress=False)
+    cf = np.asarray(cfm.generate(prof, "test", progress=False))
+    split = load_split(prof, "test")
+    from cfcl.hvae import load_counterfactual_model
+
+    np.testing.assert_array_equal(cf, cfm.all_interventions(load_counterfactual_model(prof), split.images,
+                                                            parents_tensor(split.parents)))
+    assert not np.array_equal(cf, cfm.all_interventions(load_hvae(prof), split.images,
+                                                        parents_tensor(split.parents)))
+
+
+def _generate_in_process(overrides, cache, runs, out):
+    import os
+
+    os.environ.update(CFCL_CACHE=cache, CFCL_RUNS=runs)
+    import numpy
+
+    import cfcl.counterfactuals as c
+    from cfcl.config import get_profile
+
+    numpy.save(out, numpy.asarray(c.generate(get_profile("smoke", overrides), "pretrain", progress=False)))
+
+
+@pytest.mark.slow
+def test_two_processes_generating_at_once_both_get_the_result(tiny, dirs):
+    import multiprocessing as mp
+    import os
+
+    prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0})
+    train_hvae(prof, progress=False)
+    ctx = mp.get_context("spawn")
+    outs = [str(dirs / f"out{i}.npy") for i in range(2)]
+    procs = [ctx.Process(target=_generate_in_process,
+                         args=(list(prof.overrides), os.environ["CFCL_CACHE"], os.environ["CFCL_RUNS"], o))
+             for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = (np.load(o) for o in outs)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (24, 3, 32, 32)
+
+
+def test_get_counterfactuals_sources(tiny):
+    prof = tiny({"hvae.epochs": 1})
+    data = load_split(prof, "pretrain")
+    np.testing.assert_array_equal(cfm.get_counterfactuals(prof, "pretrain", source="oracle"), data.counterfactuals)
+    ident = cfm.get_counterfactuals(prof, "pretrain", source="identity")
+    assert ident.shape == (24, 3, 32, 32) and (ident == np.asarray(data.images)[:, None]).all()
+    with pytest.raises(MissingRunError, match="cfcl.counterfactuals"):
+        cfm.get_counterfactuals(prof, "pretrain")  # smoke default: hvae, not generated yet
     with pytest.raises(ValueError, match="pretrain.cf_source"):
         cfm.get_counterfactuals(prof, "val", source="gan")
 
@@ -194,37 +233,102 @@ def test_quality_rows_hand_made():
         if name in ("effusion", "both"):
             p[:2, 2] = 1 - p[:2, 2]
         probs.append(p)
-    rows = cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m")
+    p_x = pa.astype(float).copy()
+    p_x[0, 0] = 1.0  # the sex head reads image 0 as M on x, F on every counterfactual: not kept
+    rows = cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)
     df = pd.DataFrame(rows).set_index("intervention")
-    assert df["effectiveness"].tolist() == [1.0, 0.5, 0.5]
-    assert df["preservation"].tolist() == [1.0, 1.0, 1.0]
-    assert df["composition_mae"].tolist() == [0.0] * 3 and df["oracle_mae"].tolist() == [0.0] * 3
-    assert df["changed_dice"].tolist() == [1.0] * 3
+    assert df.index.tolist() == ["scanner", "effusion", "both", "effusion_add", "effusion_remove", "both_add",
+                                 "both_remove"]
+    assert df["effectiveness"].tolist() == [1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    assert df["n"].tolist() == [4, 4, 4, 2, 2, 2, 2]
+    assert df["preservation"].tolist() == [1.0] * 7
+    assert df["sex_kept"].tolist() == [0.75, 0.75, 0.75, 0.5, 1.0, 0.5, 1.0]
+    assert (df["composition_mae"] == 0).all() and (df["oracle_mae"] == 0).all()
+    assert (df["changed_dice"] == 1).all()
 
 
-def test_classifier_metrics_and_training(synthetic):
+def test_cell_batches_balance_every_cell():
+    cells = np.array([0] * 50 + [1] * 3 + [2] * 30 + [3] * 5)
+    batches = clf.cell_batches(cells, 10, 12, np.random.default_rng(0))
+    assert len(batches) == 12 and all(len(b) == 10 for b in batches)
+    counts = np.array([np.bincount(cells[b], minlength=4) for b in batches])
+    assert counts.min() >= 2 and counts.max() <= 3 and counts.sum(0).tolist() == [30, 30, 30, 30]
+    # the three images of cell 1 are used ten times each
+    assert np.bincount(np.concatenate(batches)[cells[np.concatenate(batches)] == 1])[50:53].tolist() == [10] * 3
+
+
+def test_augment_is_a_differentiable_warp():
+    x = (torch.rand(3, 1, 16, 16) * 2 - 1).requires_grad_(True)
+    y = clf.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    z = clf.augment(x.detach(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z, y.detach())
+
+
+def test_gates():
+    rows = []
+    for k in INTERVENTIONS:
+        rows += [dict(method="oracle", intervention=k, effectiveness=0.97),
+                 dict(method="identity", intervention=k, effectiveness=0.05, oracle_mae=10.0),
+                 dict(method="hvae", intervention=k, effectiveness=0.9, changed_dice=0.7, oracle_mae=6.0,
+                      sex_kept=0.99, composition_mae=0.0, reversibility_mae=2.0)]
+    q = pd.DataFrame(rows)
+    g = cfm.gates(q)
+    assert (g[g["gate"] == "stick"]["passed"]).all() and len(g[g["gate"] == "stick"]) == 6
+    h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
+    assert h.loc[("scanner", "effectiveness"), "passed"] == False  # noqa: E712  (0.9 < 0.95)
+    assert h.loc[("effusion", "effectiveness"), "passed"] == True  # noqa: E712
+    assert h.loc[("effusion", "oracle_mae"), "passed"] == True and "x 10.000" in h.loc[("effusion", "oracle_mae"), "target"]  # noqa: E712
+    # a stick that fails: no effectiveness claimed, the oracle-based gates still are
+    q.loc[(q["method"] == "identity") & (q["intervention"] == "effusion"), "effectiveness"] = 0.3
+    g = cfm.gates(q)
+    h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
+    assert not g[g["gate"] == "stick"]["passed"].all()
+    assert h.loc[("effusion", "effectiveness"), "passed"] is None and "not claimed" in h.loc[("effusion", "effectiveness"), "note"]
+    assert h.loc[("effusion", "changed_dice"), "passed"] == True  # noqa: E712
+
+
+def test_classifier_metrics_and_training(tiny):
     parents = pd.DataFrame(dict(sex=[0, 1, 0, 1], scanner=[1, 1, 0, 0], effusion=[0, 0, 0, 1]))
     probs = np.array([[0.2, 0.9, 0.1], [0.7, 0.4, 0.6], [0.6, 0.3, 0.2], [0.9, 0.1, 0.8]])
     m = clf.classifier_metrics(probs, parents).set_index("parent")
     assert m.loc["sex", "accuracy"] == 0.75 and m.loc["sex", "roc_auc"] == 1.0
     assert m.loc["scanner", "accuracy"] == 0.75 and m.loc["scanner", "roc_auc"] == 1.0
     assert m.loc["effusion", "accuracy"] == 0.75 and m.loc["effusion", "roc_auc"] == 1.0
-    prof = tiny_profile()
-    path = clf.train_classifiers(prof, progress=False)
-    stamp = path.stat().st_mtime_ns
-    assert clf.train_classifiers(prof, progress=False) == path and path.stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="lr"):
-        clf.train_classifiers(prof, progress=False, lr=0.1)
+    prof = tiny()
+    run = clf.train_classifiers(prof, progress=False)
+    stamp = run.path("classifiers.pt").stat().st_mtime_ns
+    assert clf.train_classifiers(prof, progress=False).folder == run.folder
+    assert run.path("classifiers.pt").stat().st_mtime_ns == stamp
+    assert clf.classifier_run(prof, lr=0.1).key != run.key
+    assert clf.classifier_run(tiny({"hvae.classifier_augment": "geometry"})).key != run.key
     table = clf.evaluate_classifiers(prof, "val", progress=False)
     assert table["parent"].tolist() == ["sex", "scanner", "effusion"] and table["n"].tolist() == [8] * 3
-    assert clf.predict_parents(clf.load_classifiers(prof), synthetic["val"].images).shape == (8, 3)
+    assert clf.predict_parents(clf.load_classifiers(prof), load_split(prof, "val").images).shape == (8, 3)
+    report = clf.predictor_report(prof)
+    assert report[["split", "images"]].drop_duplicates().values.tolist() == [
+        [s, i] for s in ("val", "test") for i in ("factual", "do(scanner)", "do(effusion)", "do(both)")]
 
 
-def test_evaluate_table(synthetic):
-    table = cfm.evaluate(tiny_profile(), "test", progress=False)
-    assert table[["method", "intervention"]].values.tolist() == [[m, k] for m in ("hvae", "identity") for k in INTERVENTIONS]
-    assert (table["composition_mae"] == 0).all()  # the null intervention is exact
-    ident = table[table["method"] == "identity"]
-    assert (ident["reversibility_mae"] == 0).all()
-    assert {"effectiveness", "oracle_mae", "oracle_psnr", "oracle_ssim", "changed_dice"} <= set(table.columns)
-    assert table[["effectiveness", "preservation", "changed_dice"]].stack().between(0, 1).all()
+def test_evaluate_table(tiny):
+    from cfcl.hvae import finetune_counterfactuals
+
+    prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2})
+    train_hvae(prof, progress=False)
+    clf.train_classifiers(prof, progress=False)
+    finetune_counterfactuals(prof, progress=False)
+    table = cfm.evaluate(prof, "test", progress=False)
+    names = list(INTERVENTIONS) + ["effusion_add", "effusion_remove", "both_add", "both_remove"]
+    assert table[["method", "intervention"]].values.tolist() == [
+        [m, k] for m in ("hvae", "hvae_elbo", "identity", "oracle") for k in names]
+    assert (table["composition_mae"] == 0).all()  # the null intervention is exact, before and after
+    assert (table[~table["method"].str.startswith("hvae")]["reversibility_mae"] == 0).all()
+    oracle = table[table["method"] == "oracle"]
+    assert (oracle["oracle_mae"] == 0).all() and (oracle["changed_dice"] == 1).all()
+    assert {"effectiveness", "sex_kept", "oracle_mae", "oracle_psnr", "oracle_ssim", "changed_dice"} <= set(table.columns)
+    assert table[["effectiveness", "preservation", "sex_kept", "changed_dice"]].stack().between(0, 1).all()
+    split = table[table["intervention"].isin(["effusion_add", "effusion_remove"])].groupby("method")["n"].sum()
+    assert (split == 8).all()  # the two directions cover the split
+    assert set(cfm.gates(table)["gate"]) == {"stick", "hvae"}

@@ -1,4 +1,5 @@
-"""Tests of the counterfactual HVAE (cfcl.hvae) on tiny synthetic data (16 px)."""
+"""Tests of the counterfactual HVAE (cfcl.hvae): the network on tiny synthetic blobs (16 px), the run
+on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,12 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import cfcl.hvae as hv
-from cfcl.config import get_profile
+import cfcl.hvae.model as hv
 from cfcl.data import ChestSplit
+from cfcl.hvae import train as ht
+from cfcl.hvae import hvae_run, load_hvae, read_log, train_hvae
+from cfcl.parents import oversampled_batches, parents_tensor, to_model_space, to_uint8
+from cfcl.runs import ArtifactError, MissingRunError
 
 
 def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSplit:
@@ -33,34 +37,6 @@ def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSp
     cfs = np.stack([render(s, 1 - c, e), render(s, c, 1 - e), render(s, 1 - c, 1 - e)], 1)
     return ChestSplit(name=name, images=render(s, c, e), parents=pa, silver=np.zeros((n, size, size), np.uint8),
                       counterfactuals=cfs)
-
-
-def tiny_profile(**over):
-    base = {"data.image_size": 16, "data.n_pretrain": 24, "data.n_val": 8, "hvae.widths": [8, 8],
-            "hvae.z_dims": [2, 2], "hvae.epochs": 2, "hvae.batch_size": 8, "hvae.cf_batch_size": 8,
-            "hvae.classifier_epochs": 1}
-    base.update(over)
-    return get_profile("smoke", **base)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def synthetic(monkeypatch, tmp_path):
-    """Route load_split to synthetic splits and every output folder to tmp."""
-    monkeypatch.setenv("CFCL_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("CFCL_CACHE", str(tmp_path / "cache"))
-    splits = {"pretrain": synthetic_split("pretrain", 24, seed=1), "val": synthetic_split("val", 8, seed=2),
-              "test": synthetic_split("test", 8, seed=3)}
-    monkeypatch.setattr(hv, "load_split", lambda profile, split: splits[split])
-    return splits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,15 +61,15 @@ def test_discretized_gaussian_far_tail_is_finite_and_large():
 
 def test_conversions_round_trip():
     img = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    x = hv.to_model_space(img)
+    x = to_model_space(img)
     assert x.shape == (1, 1, 16, 16) and x.min() == -1 and x.max() == 1
-    np.testing.assert_array_equal(hv.to_uint8(x), img)
+    np.testing.assert_array_equal(to_uint8(x), img)
     with pytest.raises(TypeError, match="uint8"):
-        hv.to_model_space(img.astype(np.float32))
-    pa = hv.parents_tensor(pd.DataFrame(dict(sex=[0, 1], scanner=[1, 1], effusion=[0, 1])))
+        to_model_space(img.astype(np.float32))
+    pa = parents_tensor(pd.DataFrame(dict(sex=[0, 1], scanner=[1, 1], effusion=[0, 1])))
     assert pa.tolist() == [[0, 1, 0], [1, 1, 1]]
     with pytest.raises(KeyError, match="effusion"):
-        hv.parents_tensor(pd.DataFrame(dict(sex=[0], scanner=[1])))
+        parents_tensor(pd.DataFrame(dict(sex=[0], scanner=[1])))
 
 
 def test_resolutions():
@@ -122,9 +98,9 @@ def test_loss_finite_and_decreasing():
     ema = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     split = synthetic_split("x", 8)
-    x, pa = hv.to_model_space(split.images), hv.parents_tensor(split.parents)
+    x, pa = to_model_space(split.images), parents_tensor(split.parents)
     g = torch.Generator().manual_seed(0)
-    losses = [hv.train_step(model, ema, opt, x, pa, 1.0, 200.0, 1e4, 0.9, generator=g)["loss"] for _ in range(25)]
+    losses = [ht.train_step(model, ema, opt, x, pa, 1.0, 200.0, 1e4, 0.9, generator=g)["loss"] for _ in range(25)]
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
@@ -133,7 +109,7 @@ def test_ema_update_exact():
     a, b = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     with torch.no_grad():
         a.weight.fill_(1.0), a.bias.fill_(0.0), b.weight.fill_(3.0), b.bias.fill_(2.0)
-    hv.ema_update(a, b, rate=0.9)
+    ht.ema_update(a, b, rate=0.9)
     assert torch.allclose(a.weight, torch.full((1, 2), 1.2)) and torch.allclose(a.bias, torch.tensor([0.2]))
 
 
@@ -143,77 +119,238 @@ def test_grad_skip_triggers_on_huge_gradient():
     ema = copy.deepcopy(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     split = synthetic_split("x", 4)
-    x, pa = hv.to_model_space(split.images), hv.parents_tensor(split.parents)
+    x, pa = to_model_space(split.images), parents_tensor(split.parents)
     before = copy.deepcopy(model.state_dict())
     # beta = 1e12 blows the gradient up far beyond grad_skip: no update, no EMA change
-    out = hv.train_step(model, ema, opt, x, pa, 1e12, 200.0, 1000.0, 0.5)
+    out = ht.train_step(model, ema, opt, x, pa, 1e12, 200.0, 1000.0, 0.5)
     assert out["skipped"] == 1.0 and out["grad_norm"] > 1000
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in ema.state_dict().items())
-    out = hv.train_step(model, ema, opt, x, pa, 1.0, 200.0, 1000.0, 0.5)
+    out = ht.train_step(model, ema, opt, x, pa, 1.0, 200.0, 1000.0, 0.5)
     assert out["skipped"] == 0.0
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_oversampled_batches():
     eff = np.array([1] * 5 + [0] * 35)
-    batches = hv.oversampled_batches(eff, 8, 0.25, np.random.default_rng(0))
+    batches = oversampled_batches(eff, 8, 0.25, np.random.default_rng(0))
     assert len(batches) == 5 and all(len(b) == 8 for b in batches)
     assert [int(eff[b].sum()) for b in batches] == [2] * 5
     # each group walks through permutations: the 10 effusion draws use every image twice
     assert np.bincount(np.concatenate(batches)[eff[np.concatenate(batches)] == 1], minlength=5)[:5].tolist() == [2] * 5
-    again = hv.oversampled_batches(eff, 8, 0.25, np.random.default_rng(0))
+    again = oversampled_batches(eff, 8, 0.25, np.random.default_rng(0))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
-    plain = hv.oversampled_batches(eff, 8, 0.0, np.random.default_rng(0))
+    plain = oversampled_batches(eff, 8, 0.0, np.random.default_rng(0))
     assert sorted(np.concatenate(plain).tolist()) == list(range(40))
 
 
-def test_train_checkpoint_resume_equals_uninterrupted(synthetic, monkeypatch, tmp_path):
-    prof = tiny_profile()
-    path = hv.train_hvae(prof, progress=False)
-    full = torch.load(path, weights_only=True)
-    assert full["finished"] and full["epoch"] == 2 and full["step"] == 6
-    log = hv.read_log(prof)
+def test_train_resume_equals_uninterrupted(tiny, monkeypatch, tmp_path):
+    prof = tiny()
+    run = train_hvae(prof, progress=False)
+    full = torch.load(run.artifact("hvae.pt"), weights_only=True)
+    assert full["epochs"] == 2 and full["steps"] == 6 and not run.path("last.pt").exists()
+    log = read_log(prof)
     assert log["epoch"].tolist() == [1, 2] and np.isfinite(log[["train_loss", "val_loss"]].to_numpy()).all()
-    assert (path.parent / "samples" / "epoch_002.png").exists()
+    assert run.path("samples/epoch_002.png").exists() and "samples/epoch_002.png" in run.manifest()["artifacts"]
     # interrupted after one epoch, then resumed, in another runs folder
     monkeypatch.setenv("CFCL_RUNS", str(tmp_path / "runs2"))
-    hv.train_hvae(prof, progress=False, max_epochs=1)
-    assert torch.load(hv.checkpoint_path(prof), weights_only=True)["epoch"] == 1
-    resumed = torch.load(hv.train_hvae(prof, progress=False), weights_only=True)
+    part = train_hvae(prof, progress=False, max_epochs=1)
+    assert not part.is_finished() and torch.load(part.path("last.pt"), weights_only=True)["epoch"] == 1
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae --profile smoke --set"):
+        load_hvae(prof)
+    resumed = torch.load(train_hvae(prof, progress=False).artifact("hvae.pt"), weights_only=True)
     for key in ("model", "ema"):
         for name, value in full[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
-    assert hv.read_log(prof)["epoch"].tolist() == [1, 2]
+    assert read_log(prof)["epoch"].tolist() == [1, 2]
 
 
-def test_finished_checkpoint_is_noop_and_mismatch_refused(synthetic):
-    prof = tiny_profile(**{"hvae.epochs": 1})
-    path = hv.train_hvae(prof, progress=False)
-    stamp = path.stat().st_mtime_ns
-    assert hv.train_hvae(prof, progress=False) == path and path.stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match=r"hvae\.lr: checkpoint 0\.001 vs requested 0\.01"):
-        hv.train_hvae(tiny_profile(**{"hvae.epochs": 1, "hvae.lr": 0.01}), progress=False)
-    with pytest.raises(ValueError, match=r"hvae\.z_dims"):
-        hv.train_hvae(tiny_profile(**{"hvae.epochs": 1, "hvae.z_dims": [2, 1]}), progress=False)
-    # more epochs continue the same run
-    more = tiny_profile(**{"hvae.epochs": 2})
-    assert torch.load(hv.train_hvae(more, progress=False), weights_only=True)["epoch"] == 2
-    model = hv.load_hvae(more)
+def test_finished_run_is_reused_and_other_settings_are_other_runs(tiny):
+    prof = tiny({"hvae.epochs": 1})
+    run = train_hvae(prof, progress=False)
+    stamp = run.path("hvae.pt").stat().st_mtime_ns
+    assert train_hvae(prof, progress=False).folder == run.folder and run.path("hvae.pt").stat().st_mtime_ns == stamp
+    assert hvae_run(tiny({"hvae.epochs": 1, "hvae.lr": 0.01})).key != run.key
+    # settings that do not change the model share the run
+    assert hvae_run(tiny({"hvae.epochs": 1, "hvae.cf_batch_size": 4, "pretrain.steps": 9})).key == run.key
+    model = load_hvae(prof)
     assert not model.training and model.config["stem_stride"] == 2
 
 
-def test_load_hvae_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no HVAE checkpoint"):
-        hv.load_hvae(tmp_path / "missing.pt")
+def test_damaged_checkpoint_is_refused(tiny):
+    prof = tiny({"hvae.epochs": 1})
+    run = train_hvae(prof, progress=False)
+    path = run.path("hvae.pt")
+    with open(path, "ab") as f:
+        f.write(b"\0" * 4096)  # still loads with torch.load: only the manifest can tell
+    with pytest.raises(ArtifactError, match="hvae.pt"):
+        load_hvae(prof)
 
 
-def test_cli_overrides(synthetic):
-    assert hv.parse_overrides(["hvae.epochs=1", "hvae.widths=[8,8]", "data.source=phantom"]) == {
-        "hvae.epochs": 1, "hvae.widths": [8, 8], "data.source": "phantom"}
-    with pytest.raises(ValueError, match="key=value"):
-        hv.parse_overrides(["hvae.epochs"])
-    hv.main(["--profile", "smoke", "--set", "data.image_size=16", "--set", "hvae.widths=[8,8]",
-             "--set", "hvae.z_dims=[2,2]", "--set", "hvae.epochs=1", "--set", "hvae.batch_size=8"])
-    prof = tiny_profile(**{"hvae.epochs": 1, "data.n_pretrain": 64, "data.n_val": 16})
-    assert torch.load(hv.checkpoint_path(prof), weights_only=True)["finished"]
+def test_cli_overrides(tiny, capsys):
+    from cfcl.hvae.__main__ import main
+
+    prof = tiny({"hvae.epochs": 1})
+    main(["--profile", "smoke", "--set", *prof.overrides])
+    assert hvae_run(prof).is_finished() and "HVAE run" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Counterfactual fine-tuning (cfcl.hvae.cf_finetune)
+# ---------------------------------------------------------------------------------------------
+from cfcl.hvae import cf_finetune as cft  # noqa: E402
+
+
+def _cf_setup(seed: int = 0):
+    """A small HVAE, a frozen random predictor and a fixed batch of synthetic blobs."""
+    torch.manual_seed(seed)
+    model = hv.HVAE(16, widths=[8, 8], z_dims=[2, 2], stem_stride=2)
+    ema = copy.deepcopy(model)
+    # a frozen predictor that reads the image: 4x4 block means, one linear layer
+    predictor = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    torch.nn.init.normal_(predictor[2].weight, std=2.0)
+    for p in predictor.parameters():
+        p.requires_grad_(False)
+    split = synthetic_split("x", 8)
+    x, pa = to_model_space(split.images), parents_tensor(split.parents)
+    cf_pa = cft.flip_parents(pa, torch.tensor([0, 1, 2, 1, 1, 0, 2, 1]))
+    return model, ema, predictor, x, pa, cf_pa
+
+
+def _steps(model, ema, predictor, x, pa, cf_pa, eps, n, lr=3e-3, lr_lagrange=0.1, damping=0.0, augment=False):
+    lmbda = torch.nn.Parameter(torch.zeros(1))
+    opt, lag = cft.make_optimizers(model, lmbda, lr, lr_lagrange)
+    return [cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, eps, beta=1.0, damping=damping,
+                        grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, augment=augment,
+                        generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def test_flip_parents_and_batches():
+    pa = torch.tensor([[0.0, 1, 0], [1, 0, 1], [1, 1, 1]])
+    assert cft.flip_parents(pa, torch.tensor([0, 1, 2])).tolist() == [[0, 0, 0], [1, 0, 0], [1, 0, 0]]
+    eff = np.array([1] * 4 + [0] * 60)
+    idx, which = cft.draw_batch(eff, 16, 0.5, 0.5, np.random.default_rng(0))
+    assert len(idx) == 16 and eff[idx].sum() == 8 and (np.diff(idx) >= 0).all()
+    _, which = cft.draw_batch(eff, 4000, 0.5, 0.6, np.random.default_rng(1))
+    share = np.bincount(which, minlength=3) / 4000  # INTERVENTIONS order: scanner, effusion, both
+    assert abs(share[1] - 0.6) < 0.03 and abs(share[0] - 0.2) < 0.03 and abs(share[2] - 0.2) < 0.03
+
+
+def test_counterfactual_is_differentiable_and_matches_generation():
+    import cfcl.counterfactuals as cfm
+
+    model, _, _, x, pa, cf_pa = _cf_setup()
+    x_cf = model.counterfactual(x, pa, cf_pa)
+    assert x_cf.requires_grad
+    x_cf.sum().backward()
+    assert model.encoder.stem.weight.grad is not None and model.encoder.stem.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(cfm.counterfactual(model, x, pa, cf_pa), x_cf.detach(), rtol=0, atol=0)
+
+
+def test_cf_step_reduces_the_auxiliary_loss_on_a_fixed_batch():
+    model, ema, predictor, x, pa, cf_pa = _cf_setup()
+    out = _steps(model, ema, predictor, x, pa, cf_pa, eps=1e6, n=8, lr=5e-3)
+    aux = [o["aux"] for o in out]
+    assert np.isfinite(aux).all() and np.mean(aux[-2:]) < 0.9 * aux[0]
+    assert all(o["lambda"] == 0.0 for o in out)  # eps far above the ELBO: the constraint holds
+
+
+def test_lagrange_multiplier_rises_when_the_elbo_constraint_is_violated():
+    model, ema, predictor, x, pa, cf_pa = _cf_setup()
+    held = _steps(copy.deepcopy(model), copy.deepcopy(ema), predictor, x, pa, cf_pa, eps=1e6, n=5)
+    assert [o["lambda"] for o in held] == [0.0] * 5
+    violated = _steps(model, ema, predictor, x, pa, cf_pa, eps=-1e3, n=5)
+    lam = [o["lambda"] for o in violated]
+    assert lam[0] > 0 and all(b > a for a, b in zip(lam, lam[1:]))  # gradient ascent: up every step
+
+
+def test_damping_pulls_the_elbo_towards_eps():
+    model, ema, predictor, x, pa, cf_pa = _cf_setup()
+    with torch.no_grad():
+        start = float(model(x, pa, beta=1.0, generator=torch.Generator().manual_seed(0))["loss"])
+    out = _steps(model, ema, predictor, x, pa, cf_pa, eps=0.8 * start, n=10, lr=1e-3, lr_lagrange=0.0,
+                 damping=100.0)
+    assert out[-1]["elbo"] < start and all(o["lambda"] == 0.0 for o in out)
+
+
+def _cf_profile(tiny, **extra):
+    return tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 4, **extra})
+
+
+def test_cf_finetune_needs_its_upstream_runs(tiny):
+    prof = _cf_profile(tiny)
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae --profile smoke"):
+        cft.finetune_counterfactuals(prof, progress=False)
+    train_hvae(prof, progress=False)
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.classifiers --profile smoke"):
+        cft.finetune_counterfactuals(prof, progress=False)
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae\.cf_finetune --profile smoke"):
+        cft.load_counterfactual_model(prof)
+
+
+def test_cf_finetune_run_resumes_exactly_is_verified_and_keeps_the_null_intervention(tiny):
+    import shutil
+
+    import cfcl.classifiers as clf
+    from cfcl.counterfactuals import counterfactual_images
+    from cfcl.data import load_split
+
+    prof = _cf_profile(tiny)
+    train_hvae(prof, progress=False)
+    clf.train_classifiers(prof, progress=False)
+    run = cft.finetune_counterfactuals(prof, progress=False)
+    assert run.folder.parent.name == "hvae_cf" and set(run.upstream) == {"hvae", "classifiers", "data/pretrain"}
+    full = torch.load(run.artifact("hvae_cf.pt"), weights_only=True)
+    log = cft.read_cf_log(prof)
+    assert log["step"].tolist() == [1, 2, 3, 4] and np.isfinite(log[["aux", "elbo", "eps"]].to_numpy()).all()
+    assert not run.path("last.pt").exists()
+    # reused as is
+    stamp = run.path("hvae_cf.pt").stat().st_mtime_ns
+    assert cft.finetune_counterfactuals(prof, progress=False).path("hvae_cf.pt").stat().st_mtime_ns == stamp
+    # the null intervention is still exact after fine-tuning
+    model = cft.load_counterfactual_model(prof)
+    split = load_split(prof, "test")
+    pa = parents_tensor(split.parents)
+    np.testing.assert_array_equal(counterfactual_images(model, split.images, pa, pa), split.images)
+    # interrupted after 2 steps, then resumed: the same weights, EMA and multiplier
+    shutil.rmtree(run.folder)
+    part = cft.finetune_counterfactuals(prof, progress=False, max_steps=2)
+    assert not part.is_finished() and torch.load(part.path("last.pt"), weights_only=True)["step"] == 2
+    resumed = torch.load(cft.finetune_counterfactuals(prof, progress=False).artifact("hvae_cf.pt"), weights_only=True)
+    for key in ("model", "ema"):
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+    assert full["lambda"] == resumed["lambda"] and full["eps"] == resumed["eps"]
+    pd.testing.assert_frame_equal(cft.read_cf_log(prof), log)
+    # a damaged checkpoint is refused
+    with open(run.path("hvae_cf.pt"), "ab") as f:
+        f.write(b"\0" * 1024)
+    with pytest.raises(ArtifactError, match="hvae_cf.pt"):
+        cft.load_counterfactual_model(prof)
+
+
+def test_cf_finetune_keys(tiny):
+    prof = _cf_profile(tiny)
+    run = cft.cf_finetune_run(prof)
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3})).key != run.key
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.epochs": 2})).key != run.key  # another ELBO run
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.classifier_epochs": 2})).key != run.key
+    # generation settings do not change it; fine-tuning settings do not change the ELBO run
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_batch_size": 3})).key == run.key
+    assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
+    off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
+    assert cft.counterfactual_model_run(off).key == hvae_run(prof).key
+    assert cft.counterfactual_model_run(prof).key == run.key
+    assert cft.elbo_only(prof).hvae.cf_finetune_steps == 0 and "hvae.cf_finetune_steps=0" in cft.elbo_only(prof).overrides
+
+
+def test_cf_finetune_cli(tiny, capsys):
+    import cfcl.classifiers as clf
+    from cfcl.hvae.cf_finetune import main
+
+    prof = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 2})
+    train_hvae(prof, progress=False)
+    clf.train_classifiers(prof, progress=False)
+    main(["--profile", "smoke", "--set", *prof.overrides])
+    assert cft.cf_finetune_run(prof).is_finished() and "counterfactual HVAE run" in capsys.readouterr().out

@@ -1,7 +1,6 @@
-"""Figures and tables of notebooks 01 (HVAE training) and 02 (counterfactuals); paper section 2.1."""
+"""Figures and tables of notebooks 01 (HVAE training) and 02 (counterfactuals, their fine-tuning and
+quality); paper section 2.1."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,8 +8,7 @@ import pandas as pd
 import torch
 
 from cfcl.config import INTERVENTIONS, PARENTS, SCANNER
-from cfcl.hvae import HVAE, PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
-from cfcl.paths import atomic_path, figures_dir
+from cfcl.parents import PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
 
 _SHORT = {"sex": ("F", "M"), "scanner": ("IDC", "Philips"), "effusion": ("no PE", "PE")}
 
@@ -39,7 +37,7 @@ def plot_loss_curves(log: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_samples(model: HVAE, per_setting: int = 4, t: float = 0.7, seed: int = 0) -> plt.Figure:
+def plot_samples(model: torch.nn.Module, per_setting: int = 4, t: float = 0.7, seed: int = 0) -> plt.Figure:
     """Prior samples (likelihood means at temperature ``t``), one row per parent setting."""
     g = torch.Generator().manual_seed(seed)
     imgs = to_uint8(model.sample(PARENT_SETTINGS.repeat_interleave(per_setting, 0), t=t, generator=g))
@@ -53,7 +51,7 @@ def plot_samples(model: HVAE, per_setting: int = 4, t: float = 0.7, seed: int = 
     return fig
 
 
-def plot_reconstructions(model: HVAE, images: np.ndarray, parents: pd.DataFrame, n: int = 6) -> plt.Figure:
+def plot_reconstructions(model: torch.nn.Module, images: np.ndarray, parents: pd.DataFrame, n: int = 6) -> plt.Figure:
     """Rows: image, reconstruction (decoder mean from the posterior means), |difference| x 4."""
     n = min(n, len(images))
     x = np.asarray(images[:n])
@@ -102,21 +100,83 @@ def plot_counterfactual_grid(images: np.ndarray, parents: pd.DataFrame, cf: np.n
     return fig
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    def fmt(v):
-        return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+def plot_cf_finetune_log(log: pd.DataFrame, window: int = 10) -> plt.Figure:
+    """Counterfactual fine-tuning per step (running means over ``window`` steps): the predictors'
+    cross-entropy on x_cf per parent and summed, the negative ELBO of the factual batch against its
+    constraint ``eps``, and the Lagrange multiplier."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    smooth = log.rolling(window, min_periods=1).mean()
+    axes[0].plot(log["step"], smooth["aux"], "k-", label="sum")
+    for p in PARENTS:
+        axes[0].plot(log["step"], smooth[f"aux_{p}"], "-", label=p, lw=1)
+    axes[0].set_title("predictors' cross-entropy on x_cf (nats)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].plot(log["step"], smooth["elbo"], "-", label="-ELBO (factual batch)")
+    axes[1].plot(log["step"], log["eps"], "--", label="eps (constraint)")
+    axes[1].set_title("NLL + beta KL (nats/pixel)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    axes[2].plot(log["step"], log["lambda"], "-")
+    axes[2].set_title("Lagrange multiplier", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+
+def plot_before_after(images: np.ndarray, parents: pd.DataFrame, before: np.ndarray, after: np.ndarray,
+                      oracle: np.ndarray | None, indices: list[int] | None = None,
+                      interventions: tuple[str, ...] = INTERVENTIONS) -> plt.Figure:
+    """For each chosen image and intervention: x, the ELBO-only HVAE's counterfactual (before
+    fine-tuning), the fine-tuned HVAE's (after), the exact one, and each minus x (signed, grey = 0)."""
+    indices = pick_examples(parents) if indices is None else indices
+    has_o = oracle is not None
+    cols = ["x", "HVAE before", "HVAE after"] + (["exact"] if has_o else []) + \
+        ["before - x", "after - x"] + (["exact - x"] if has_o else [])
+    ks = [INTERVENTIONS.index(k) for k in interventions]
+    fig, axes = _grid(len(indices) * len(ks), len(cols))
+    for a, i in enumerate(indices):
+        x = np.asarray(images[i]).astype(int)
+        for b, k in enumerate(ks):
+            r = a * len(ks) + b
+            panels = [x, before[i, k], after[i, k]] + ([oracle[i, k]] if has_o else [])
+            for c, img in enumerate(panels):
+                axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)
+            for c, img in enumerate(panels[1:], start=len(panels)):
+                axes[r, c].imshow(img.astype(int) - x, cmap="coolwarm", vmin=-128, vmax=128)
+            pa = parents.iloc[i][list(PARENTS)].to_numpy()
+            axes[r, 0].set_ylabel(f"#{i} {parent_label(pa)}\ndo({INTERVENTIONS[k]})", fontsize=7)
+    for c, name in enumerate(cols):
+        axes[0, c].set_title(name, fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
-def save_table(df: pd.DataFrame, name: str, profile_name: str, floatfmt: str = ".3f") -> Path:
-    """Write ``figures/<profile>/<name>.csv`` and ``.md`` (atomically); returns the CSV path."""
-    folder = figures_dir(profile_name)
-    with atomic_path(folder / f"{name}.csv") as tmp:
-        df.to_csv(tmp, index=False)
-    with atomic_path(folder / f"{name}.md") as tmp:
-        tmp.write_text(to_markdown(df, floatfmt))
-    return folder / f"{name}.csv"
+def plot_changed_regions(images: np.ndarray, parents: pd.DataFrame, before: np.ndarray, after: np.ndarray,
+                         oracle: np.ndarray, intervention: str = "effusion", indices: list[int] | None = None,
+                         threshold: float = 0.1) -> plt.Figure:
+    """The changed regions ``|cf - x| > threshold * 255`` that ``changed_dice`` compares, for one
+    intervention: x, then the region of the HVAE before and after fine-tuning (each with its Dice to
+    the exact region) and the exact region."""
+    from cfcl.counterfactuals import changed_region_dice
+
+    k = INTERVENTIONS.index(intervention)
+    indices = pick_examples(parents, n=6) if indices is None else indices
+    fig, axes = _grid(len(indices), 4)
+    thr = threshold * 255.0
+    for r, i in enumerate(indices):
+        x = np.asarray(images[i])
+        axes[r, 0].imshow(x, cmap="gray", vmin=0, vmax=255)
+        for c, (name, cf) in enumerate((("before", before), ("after", after), ("exact", oracle)), start=1):
+            region = np.abs(cf[i, k].astype(float) - x.astype(float)) > thr
+            axes[r, c].imshow(x, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].imshow(np.ma.masked_where(~region, region), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+            if name != "exact":
+                d = changed_region_dice(x[None], cf[i:i + 1, k], oracle[i:i + 1, k], threshold)[0]
+                axes[r, c].set_xlabel(f"Dice {d:.2f}", fontsize=7)
+        pa = parents.iloc[i][list(PARENTS)].to_numpy()
+        axes[r, 0].set_ylabel(f"#{i} {parent_label(pa)}", fontsize=7)
+    for c, name in enumerate(("x", "HVAE before", "HVAE after", "exact")):
+        axes[0, c].set_title(f"{name}" if c == 0 else f"{name}: changed", fontsize=8)
+    fig.suptitle(f"do({intervention}): pixels changed by more than {threshold:.0%} of the grey range", fontsize=9)
+    fig.tight_layout()
+    return fig
