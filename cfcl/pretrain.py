@@ -1,20 +1,7 @@
 """One pre-training loop for all eight methods (paper sections 2.2 and 3; Table 2 rows).
 
-A registry (:data:`METHODS`) says, for each method, which views it needs and which loss it
-optimises:
-
-=========  ======================================  ==========================  ==========
-method     views                                   loss                        labels
-=========  ======================================  ==========================  ==========
-simclr     2 ordinary augmentations of x           global NT-Xent (SimCLR)     -
-vader      2 ordinary augmentations of x           dense NT-Xent (VADeR)       -
-dvd_cl     x + do(sc), do(pe), do(sc, pe)          DVD-CL (anchor = x)         -
-mvd_cl     x + 3 counterfactuals                   MVD-CL (all views at once)  -
-chexmask   1 augmentation of x                     cross-entropy on silver     silver
-ssdcl      2 ordinary augmentations of x           SSDCL (Hu et al.)           silver
-s_dvd_cl   x + 3 counterfactuals                   S-DVD-CL                    silver
-s_mvd_cl   x + 3 counterfactuals                   S-MVD-CL                    silver
-=========  ======================================  ==========================  ==========
+The method registry (:mod:`cfcl.methods`) says, for each method, which views it needs, how its
+pixels pair up and which loss (:mod:`cfcl.losses`) it optimises.
 
 Every view is augmented independently (random geometry as a 3x3 matrix, then intensity;
 paper section 2.1) and pixels are tracked exactly through the matrices (:mod:`cfcl.views`).
@@ -27,9 +14,16 @@ Counterfactual views come from :func:`cfcl.counterfactuals.get_counterfactuals`
 (``pretrain.cf_source``: ``hvae`` by default, ``oracle`` for the phantom's exact ones).
 
 Training: AdamW, linear warm-up then cosine decay, bf16 autocast on GPU, an atomic checkpoint
-every ``checkpoint_every`` steps; a resumed run ends with the same weights as an uninterrupted
-one on CPU because every random draw of step ``k`` comes from a generator seeded by
-``(seed, k)``. Multi-GPU / multi-node through torch.distributed (``torchrun``, DDP): every rank
+(``last.pt``) every ``checkpoint_every`` steps; a resumed run ends with the same weights as an
+uninterrupted one on CPU because every random draw of step ``k`` comes from a generator seeded by
+``(seed, k)``. ``pretrain.compile`` runs the network under ``torch.compile`` (off by default: it does not
+pay on CPU, ``benchmarks/results/network.md``; ``benchmarks/bench_gpu.py`` measures it on a GPU). Each
+method's pre-training is one run of the run layer (:mod:`cfcl.runs`):
+``runs/<profile>/pretrain/<method>-<key>/`` with ``model.pt`` and ``losses.csv``; the key covers
+the method, the pre-training settings (``cf_source`` only for the counterfactual methods;
+``checkpoint_every``, ``num_workers`` and ``compile`` never), the seed, the data and, with HVAE views, the
+counterfactual run. It never makes its upstream: missing counterfactuals are an error naming the
+command that makes them. Multi-GPU / multi-node through torch.distributed (``torchrun``, DDP): every rank
 builds the same global batch and keeps its share, so the loss with ``negatives="image"`` equals
 the single-process loss on the same global batch (BatchNorm statistics are per rank unless CUDA
 SyncBatchNorm is used; ``freeze_bn`` exists for exact comparisons).
@@ -37,10 +31,11 @@ SyncBatchNorm is used; ``freeze_bn`` exists for exact comparisons).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,47 +44,29 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from cfcl import losses, views
-from cfcl.config import METHODS as METHOD_NAMES
 from cfcl.config import Profile, get_profile
-from cfcl.data import ChestSplit, data_fingerprint, load_split
+from cfcl.data import ChestSplit, data_run, load_split
+from cfcl.methods import METHODS, Method, get
 from cfcl.models import build_model
 from cfcl.paths import atomic_path, runs_dir
+from cfcl.runs import Run, load_checkpoint
+
+# Pre-training settings that never change the trained weights (not part of a run's key).
+NOT_TRAINING = ("checkpoint_every", "num_workers", "compile")
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a pre-training method needs. ``views``: "cf" (x + 3 counterfactuals), "two"
-    (two ordinary augmentations of x) or "one"; ``pairing``: "dual", "multi", "global" or
-    "segmentation"; ``supervised``: uses silver labels."""
-
-    name: str
-    views: str
-    pairing: str
-    supervised: bool
-    make_loss: Callable[[Profile], nn.Module] | None
-
-
-def _t(p: Profile) -> dict[str, Any]:
-    return {"temperature": p.pretrain.temperature, "negatives": p.pretrain.negatives}
-
-
-METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec("simclr", "two", "global", False,
-                         lambda p: losses.SimCLR(temperature=p.pretrain.temperature)),
-    "vader": MethodSpec("vader", "two", "dual", False, lambda p: losses.DenseNTXent(**_t(p))),
-    "dvd_cl": MethodSpec("dvd_cl", "cf", "dual", False, lambda p: losses.DVDCL(**_t(p))),
-    "mvd_cl": MethodSpec("mvd_cl", "cf", "multi", False, lambda p: losses.MVDCL(**_t(p))),
-    "chexmask": MethodSpec("chexmask", "one", "segmentation", True, None),
-    # SSDCL draws its negatives from the whole batch, as Hu et al. do (REFERENCES section 5).
-    "ssdcl": MethodSpec("ssdcl", "two", "multi", True,
-                        lambda p: losses.SSDCL(temperature=p.pretrain.temperature, negatives="batch")),
-    "s_dvd_cl": MethodSpec("s_dvd_cl", "cf", "dual", True, lambda p: losses.SDVDCL(**_t(p))),
-    "s_mvd_cl": MethodSpec("s_mvd_cl", "cf", "multi", True, lambda p: losses.SMVDCL(**_t(p))),
-}
-assert tuple(METHODS) == METHOD_NAMES
+def make_loss(method: Method, profile: Profile) -> nn.Module | None:
+    """The method's loss module (None for the segmentation baseline)."""
+    if method.loss is None:
+        return None
+    cls = getattr(losses, method.loss)
+    if method.pairing == "global":
+        return cls(temperature=profile.pretrain.temperature)
+    return cls(temperature=profile.pretrain.temperature, negatives=method.negatives or profile.pretrain.negatives)
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +81,7 @@ class PretrainData:
         self.images = split.images
         self.silver = split.silver
         self.cf = cf
-        if METHODS[method].views == "cf" and cf is None:
+        if get(method, pretrained=True).views == "cf" and cf is None:
             from cfcl.counterfactuals import get_counterfactuals
 
             self.cf = get_counterfactuals(profile, "pretrain", source=profile.pretrain.cf_source)
@@ -114,7 +91,7 @@ class PretrainData:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, idx: np.ndarray, spec: MethodSpec) -> dict[str, torch.Tensor]:
+    def batch(self, idx: np.ndarray, spec: Method) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32) / 255.0)  # (B, H, W)
         if spec.views == "cf":
             cf = torch.from_numpy(np.asarray(self.cf[idx], dtype=np.float32) / 255.0)  # (B, 3, H, W)
@@ -141,7 +118,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # One step: augmentation and sampling (no network), then the loss
 # --------------------------------------------------------------------------------------------
-def prepare(batch: dict[str, torch.Tensor], spec: MethodSpec, profile: Profile,
+def prepare(batch: dict[str, torch.Tensor], spec: Method, profile: Profile,
             generator: torch.Generator) -> dict[str, Any]:
     """Augment every view and sample the tracked points of a (global) batch.
 
@@ -152,17 +129,19 @@ def prepare(batch: dict[str, torch.Tensor], spec: MethodSpec, profile: Profile,
     """
     imgs, silver = batch["images"], batch["silver"]
     B, V, H, W = imgs.shape
-    vimgs, Ms = views.make_views(imgs, views.AugmentConfig(), generator)
+    with record_function("cfcl::views"):
+        vimgs, Ms = views.make_views(imgs, views.AugmentConfig(), generator)
     out: dict[str, Any] = {"views": vimgs, "M": Ms, "silver": silver}
     n = profile.pretrain.pixels_per_view
-    if spec.pairing == "dual":
-        pts = [views.sample_points(Ms, H, n, generator, active=(0, t)) for t in range(1, V)]
-    elif spec.pairing == "multi":
-        pts = [views.sample_points(Ms, H, n, generator, active=None)]
-    else:
-        return out
-    out["pts"] = torch.stack(pts, dim=1)
-    out["labels"] = torch.stack([views.labels_at(silver, p) for p in pts], dim=1)
+    with record_function("cfcl::sampling"):
+        if spec.pairing == "dual":
+            pts = [views.sample_points(Ms, H, n, generator, active=(0, t)) for t in range(1, V)]
+        elif spec.pairing == "multi":
+            pts = [views.sample_points(Ms, H, n, generator, active=None)]
+        else:
+            return out
+        out["pts"] = torch.stack(pts, dim=1)
+        out["labels"] = torch.stack([views.labels_at(silver, p) for p in pts], dim=1)
     return out
 
 
@@ -171,39 +150,134 @@ def take(prepared: dict[str, Any], idx: slice | torch.Tensor) -> dict[str, Any]:
     return {k: v[idx] for k, v in prepared.items()}
 
 
-def _gather_views(emb: torch.Tensor, Ms: torch.Tensor, pts: torch.Tensor, which: list[int]) -> torch.Tensor:
-    """Embeddings (B, len(which), N, D) of original points ``pts`` (B, N, 2) seen in the given views."""
-    return torch.stack([views.gather(emb[:, v], views.apply(Ms[:, v], pts)) for v in which], dim=1)
+class _GatherBatch(torch.autograd.Function):
+    """Concatenate every rank's share of the batch into the global batch, with gradient.
+
+    Rank ``r`` holds images ``r, r + world, ...`` (:func:`take`), so the shares are interleaved back
+    into the global order. Every rank then evaluates the same loss on the same global tensor, so the
+    gradient reaching this Function is the same on every rank: each rank keeps its own images' part
+    (no communication in the backward) times ``world``, which DDP's gradient averaging divides out
+    again: the weights get the gradient of the global-batch loss."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        ctx.world, ctx.rank = dist.get_world_size(), dist.get_rank()
+        return _all_gather(local)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.unflatten(0, (-1, ctx.world))[:, ctx.rank]
+        return grad * ctx.world
 
 
-def forward_loss(model: nn.Module, prep: dict[str, Any], spec: MethodSpec, loss_fn: nn.Module | None) -> torch.Tensor:
-    """Run the network on the prepared views and evaluate the method's loss."""
+def _all_gather(local: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local.contiguous())
+    return torch.stack(parts, dim=1).flatten(0, 1)  # rank r holds images r, r + world, ...
+
+
+def gather_batch(local: torch.Tensor) -> torch.Tensor:
+    """The global batch of a per-rank tensor (images first) under torch.distributed, with gradient
+    (:class:`_GatherBatch`); the tensor itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    if not local.requires_grad:
+        return _all_gather(local)  # labels
+    return _GatherBatch.apply(local)
+
+
+def view_points(Ms: torch.Tensor, pts: torch.Tensor, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each view is read, as flat view points ``(P, 2)`` and the index ``(P,)`` of their view
+    in the flattened ``(B * V)`` views, for ``Ms (B, V, 3, 3)`` and the original points
+    ``pts (B, T, N, 2)`` of :func:`prepare`.
+
+    "multi": every view at the N points, image by image, view by view (reshapes to (B, V, N)).
+    "dual" (T = V - 1 anchor/target pairs): per image, the anchor view 0 at the points of every
+    pair, then target view ``t`` at the points of pair ``t`` (reshapes to (B, 2, T, N): anchor
+    rows, then target rows)."""
+    B, V = Ms.shape[:2]
+    base = torch.arange(B, device=Ms.device)[:, None] * V  # flat index of each image's view 0
+    if pairing == "multi":
+        N = pts.shape[2]
+        q = views.apply(Ms, pts[:, :1])  # (B, V, N, 2)
+        image = (base + torch.arange(V, device=Ms.device)).repeat_interleave(N, dim=1)  # (B, V * N)
+        return q.reshape(-1, 2), image.reshape(-1)
+    T, N = pts.shape[1:3]
+    anchor = views.apply(Ms[:, :1], pts)  # (B, T, N, 2)
+    targets = views.apply(Ms[:, 1:], pts)  # (B, T, N, 2): view t + 1 at the points of pair t
+    q = torch.stack([anchor, targets], dim=1)  # (B, 2, T, N, 2)
+    image = torch.cat([base.expand(B, T * N), (base + 1 + torch.arange(T, device=Ms.device)).repeat_interleave(N, 1)], 1)
+    return q.reshape(-1, 2), image.reshape(-1)
+
+
+def forward_loss(model: nn.Module, prep: dict[str, Any], spec: Method, loss_fn: nn.Module | None) -> torch.Tensor:
+    """Run the network on the prepared views and evaluate the method's loss.
+
+    Dense methods read the embeddings only at the tracked points (``mode="embed_at"``, equal to
+    reading the full embedding map up to round-off: :meth:`cfcl.models.CFCLNet.embed_at`), every
+    view in one call. Under torch.distributed the contrastive losses see the global batch
+    (:func:`gather_batch`): batch negatives (SSDCL, SimCLR) and the mean over valid anchors
+    (supervised losses) are those of the one-process run on the same global batch.
+    """
     device = next(model.parameters()).device
     vimgs, Ms, silver = prep["views"].to(device), prep["M"].to(device), prep["silver"].to(device)
     B, V, _, H, W = vimgs.shape
     flat = vimgs.reshape(B * V, 1, H, W)
     if spec.pairing == "segmentation":
-        lab = views.warp(silver[:, None].float(), Ms[:, 0], mode="nearest")[:, 0].long()
-        return F.cross_entropy(model(flat, mode="segment").float(), lab)
+        with record_function("cfcl::views"):
+            lab = views.warp(silver[:, None].float(), Ms[:, 0], mode="nearest")[:, 0].long()
+        with record_function("cfcl::network"):
+            logits = model(flat, mode="segment")
+        with record_function("cfcl::loss"):
+            return F.cross_entropy(logits.float(), lab)
     if spec.pairing == "global":
-        z = model(flat, mode="global").float().reshape(B, V, -1)
-        return loss_fn(z[:, 0], z[:, 1])
-    emb = model(flat, mode="embed").float()
-    emb = emb.reshape(B, V, *emb.shape[1:])
+        with record_function("cfcl::network"):
+            z = model(flat, mode="global")
+        with record_function("cfcl::loss"):
+            z = gather_batch(z.float().reshape(B, V, -1))
+            return loss_fn(z[:, 0], z[:, 1])
     pts, labels = prep["pts"].to(device), prep["labels"].to(device)
-    if spec.pairing == "dual":
-        pairs = [_gather_views(emb, Ms, pts[:, t - 1], [0, t]) for t in range(1, V)]
-        anchor = torch.stack([p[:, 0] for p in pairs], 1)  # (B, T, N, D)
-        target = torch.stack([p[:, 1] for p in pairs], 1)
-        if spec.name == "vader":
-            return loss_fn(anchor[:, 0], target[:, 0])
+    with record_function("cfcl::gather"):
+        q, image = view_points(Ms, pts, spec.pairing)
+    with record_function("cfcl::network"):
+        feats = model(flat, mode="embed_at", points=q, image=image)  # (P, D)
+    with record_function("cfcl::loss"):
+        T, N = pts.shape[1:3]
+        labels = gather_batch(labels)
+        if spec.pairing == "dual":
+            feats = gather_batch(feats.float().view(B, 2, T, N, -1))
+            anchor, target = feats[:, 0], feats[:, 1]  # (B, T, N, D)
+            if spec.name == "vader":
+                return loss_fn(anchor[:, 0], target[:, 0])
+            if spec.supervised:
+                return loss_fn(anchor, target, labels, labels)
+            return loss_fn(anchor, target)
+        z = gather_batch(feats.float().view(B, V, N, -1))  # (B, V, N, D)
         if spec.supervised:
-            return loss_fn(anchor, target, labels, labels)
-        return loss_fn(anchor, target)
-    z = _gather_views(emb, Ms, pts[:, 0], list(range(V)))  # (B, V, N, D)
-    if spec.supervised:
-        return loss_fn(z, labels[:, :1].expand(B, V, labels.shape[-1]))
-    return loss_fn(z)
+            return loss_fn(z, labels[:, :1].expand(z.shape[0], V, N))
+        return loss_fn(z)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], spec: Method,
+               profile: Profile, generator: torch.Generator, loss_fn: nn.Module | None,
+               share: slice = slice(None)) -> torch.Tensor:
+    """One optimisation step on a global ``batch`` (:meth:`PretrainData.batch`); returns the loss.
+
+    The batch moves to the model's device first, so on a GPU the views are rendered and the points
+    sampled there (the random draws still come from the CPU ``generator``, so they are the same on
+    every device); every rank augments and samples the same global batch, then keeps its
+    ``share`` (:func:`take`). bf16 autocast on CUDA."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    prep = take(prepare(batch, spec, profile, generator), share)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = forward_loss(model, prep, spec, loss_fn)
+    opt.zero_grad(set_to_none=True)
+    with record_function("cfcl::backward"):
+        loss.backward()
+    with record_function("cfcl::optimiser"):
+        opt.step()
+    return loss.detach()
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -212,45 +286,27 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# The run
 # --------------------------------------------------------------------------------------------
-def run_signature(profile: Profile, method: str) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed or reused: method, data and pre-training config."""
-    d = profile.to_dict()
-    sig = {"method": method, "seed": profile.seed, "data.fingerprint": data_fingerprint(profile)}
-    sig.update({f"data.{k}": v for k, v in d["data"].items()})
-    sig.update({f"pretrain.{k}": v for k, v in d["pretrain"].items() if k not in ("checkpoint_every", "num_workers")})
-    if METHODS[method].views == "cf" and profile.pretrain.cf_source == "hvae":
-        sig.update({f"hvae.{k}": v for k, v in d["hvae"].items()})
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sig.items()}
+def pretrain_run(profile: Profile, method: str) -> Run:
+    """The pre-training run of ``method`` under ``profile`` (see the module docstring)."""
+    spec = get(method, pretrained=True)
+    exclude = NOT_TRAINING + (() if spec.views == "cf" else ("cf_source",))
+    settings = {"method": method, "pretrain": profile.section("pretrain", exclude=exclude), "seed": profile.seed}
+    upstream = {"data": data_run(profile, "pretrain")}
+    if spec.views == "cf" and profile.pretrain.cf_source == "hvae":
+        from cfcl.counterfactuals import counterfactual_run
+
+        upstream["counterfactuals"] = counterfactual_run(profile, "pretrain")
+    return Run("pretrain", method, settings, runs_dir(profile.name), upstream,
+               remake=f"python -m cfcl.pretrain {profile.cli()} --method {method}"
+                      f"  (or: make pretrain {profile.make_args()})")
 
 
-def check_signature(stored: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    diff = [k for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
-    if diff:
-        k = diff[0]
-        raise ValueError(f"checkpoint {path} was made with {k}={stored.get(k)!r}, this run has "
-                         f"{k}={current.get(k)!r} ({len(diff)} setting(s) differ: {', '.join(diff[:5])}); "
-                         f"delete it or use the matching configuration")
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def run_dir(profile: Profile, method: str) -> Path:
-    d = runs_dir(profile.name) / "pretrain" / method
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def final_checkpoint(profile: Profile, method: str) -> Path:
-    return run_dir(profile, method) / "model.pt"
+def load_pretrained_state(profile: Profile, method: str) -> dict[str, torch.Tensor]:
+    """The pre-trained weights of ``method`` (verified); an error names the command if not made yet."""
+    run = pretrain_run(profile, method).require()
+    return load_checkpoint(run.artifact("model.pt"))["model"]
 
 
 def _lr_lambda(cfg) -> Callable[[int], float]:
@@ -272,45 +328,56 @@ def _set_bn_eval(model: nn.Module) -> None:
 # The loop
 # --------------------------------------------------------------------------------------------
 def pretrain(profile: Profile, method: str, progress: bool = True, stop_after: int | None = None,
-             freeze_bn: bool = False, device: str | None = None, data: PretrainData | None = None) -> Path:
-    """Pre-train ``method`` under ``profile``; return the final checkpoint path.
+             freeze_bn: bool = False, device: str | None = None, data: PretrainData | None = None) -> Run:
+    """Pre-train ``method`` under ``profile``; return its run (``run.artifact("model.pt")``).
 
-    Idempotent: a finished run with the same signature is returned as is; an interrupted one
-    resumes from its last checkpoint. ``stop_after`` ends the run early after that many steps
-    (to simulate an interruption); ``freeze_bn`` keeps BatchNorm in eval mode (for exact
-    comparisons across process counts); ``data`` replaces the profile's pre-training data.
+    A finished run is verified and returned without work; an interrupted one resumes from its
+    last checkpoint. ``stop_after`` ends the run early after that many steps (to simulate an
+    interruption); ``freeze_bn`` keeps BatchNorm in eval mode (for exact comparisons across
+    process counts); ``data`` replaces the profile's pre-training data (tests).
+    Under torch.distributed every rank calls this; rank 0 holds the run's lock and writes.
     """
-    if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    spec, cfg = METHODS[method], profile.pretrain
+    spec, cfg = get(method, pretrained=True), profile.pretrain
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if cfg.batch_size % world:
-        raise ValueError(f"pretrain.batch_size={cfg.batch_size} is not divisible by the {world} processes")
+        raise ValueError(f"setting pretrain.batch_size={cfg.batch_size} is not divisible by the {world} processes")
+    run = pretrain_run(profile, method)
+    if run.is_finished():
+        return run.require()
+    with (run.claim() if rank == 0 else contextlib.nullcontext()):
+        finished = [run.is_finished()]
+        if distributed:
+            dist.broadcast_object_list(finished, src=0)
+        if not finished[0]:
+            _train(profile, spec, run, rank, world, distributed, progress, stop_after, freeze_bn, device, data)
+    if distributed:
+        dist.barrier()
+    return run.require() if run.is_finished() else run
+
+
+def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, distributed: bool, progress: bool,
+           stop_after: int | None, freeze_bn: bool, device: str | None, data: PretrainData | None) -> None:
+    cfg, method = profile.pretrain, spec.name
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and distributed:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    out = run_dir(profile, method)
-    final, last = out / "model.pt", out / "last.pt"
-    sig = run_signature(profile, method)
-    if final.exists():
-        check_signature(load_checkpoint(final)["signature"], sig, final)
-        return final
-
+    data = data if data is not None else PretrainData(profile, method)
+    started = time.perf_counter()
     torch.manual_seed(profile.seed)
     net = build_model(cfg.encoder, cfg.embed_dim).to(device)
     if device.startswith("cuda"):
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    start = 0
+    start, seconds = 0, 0.0
+    last = run.path("last.pt")
     if last.exists():
-        ck = load_checkpoint(last)
-        check_signature(ck["signature"], sig, last)
+        ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        start = int(ck["step"])
+        start, seconds = int(ck["step"]), float(ck.get("seconds", 0.0))
 
     model: nn.Module = net
     if distributed:
@@ -319,9 +386,10 @@ def pretrain(profile: Profile, method: str, progress: bool = True, stop_after: i
         # Each method uses some heads only (e.g. no segmentation head while contrasting).
         model = nn.parallel.DistributedDataParallel(net, device_ids=None if device == "cpu" else [device],
                                                     find_unused_parameters=True)
-    data = data if data is not None else PretrainData(profile, method)
-    loss_fn = spec.make_loss(profile) if spec.make_loss else None
-    log_path = out / "losses.csv"
+    if cfg.compile:  # the same computation up to round-off (benchmarks/bench_network.py, bench_gpu.py)
+        model = torch.compile(model)
+    loss_fn = make_loss(spec, profile)
+    log_path = run.path("losses.csv")
     rows = _read_log(log_path, upto=start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), desc=f"pretrain {method}", disable=not progress or rank != 0,
@@ -329,19 +397,11 @@ def pretrain(profile: Profile, method: str, progress: bool = True, stop_after: i
     model.train()
     if freeze_bn:
         _set_bn_eval(model)
-    use_amp = device.startswith("cuda")
     for step in bar:
         idx = batch_indices(len(data), cfg.batch_size, step, profile.seed)
-        # Every rank augments and samples the same global batch, then keeps its share.
-        prep = take(prepare(data.batch(idx, spec), spec, profile, step_generator(profile.seed, step)),
-                    slice(rank, None, world))
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss = forward_loss(model, prep, spec, loss_fn)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        value = train_step(model, opt, data.batch(idx, spec), spec, profile, step_generator(profile.seed, step),
+                           loss_fn, share=slice(rank, None, world))
         sched.step()
-        value = loss.detach()
         if distributed:
             dist.all_reduce(value)
             value = value / world
@@ -349,15 +409,17 @@ def pretrain(profile: Profile, method: str, progress: bool = True, stop_after: i
         bar.set_postfix(loss=f"{float(value):.4f}")
         done = step + 1
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end):
-            save_checkpoint(last, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "step": done, "signature": sig})
+            elapsed = seconds + time.perf_counter() - started
+            with atomic_path(last) as tmp:
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "step": done, "seconds": elapsed}, tmp)
             _write_log(log_path, rows)
     if rank == 0 and end == cfg.steps:
-        save_checkpoint(final, {"model": net.state_dict(), "step": cfg.steps, "signature": sig})
+        with atomic_path(run.path("model.pt")) as tmp:
+            torch.save({"model": net.state_dict(), "step": cfg.steps, "method": method}, tmp)
         _write_log(log_path, rows)
-    if distributed:
-        dist.barrier()
-    return final
+        run.finish(["model.pt", "losses.csv"], seconds + time.perf_counter() - started)
+        last.unlink(missing_ok=True)
 
 
 def _read_log(path: Path, upto: int) -> list[dict[str, float]]:
@@ -377,44 +439,33 @@ def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_losses(profile: Profile, method: str):
-    """The loss log of a run as a DataFrame (step, loss, lr)."""
+    """The loss log of a finished run as a DataFrame (step, loss, lr)."""
     import pandas as pd
 
-    return pd.read_csv(run_dir(profile, method) / "losses.csv")
+    return pd.read_csv(pretrain_run(profile, method).require().artifact("losses.csv"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Dense (counterfactual) contrastive pre-training of a U-Net.")
+    ap = argparse.ArgumentParser(prog="python -m cfcl.pretrain",
+                                 description="Dense (counterfactual) contrastive pre-training of a U-Net.")
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--method", required=True, choices=list(METHODS))
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="overrides, e.g. pretrain.steps=100 data.source=padchest")
+    ap.add_argument("--method", required=True, choices=[m for m in METHODS if METHODS[m].pretrained])
+    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="settings, e.g. pretrain.steps=100 pretrain.cf_source=oracle")
+    ap.add_argument("--variant", default="")
     args = ap.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        overrides[k] = _parse_value(v)
-    profile = get_profile(args.profile, **overrides)
+    profile = get_profile(args.profile, args.overrides, args.variant)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     try:
-        path = pretrain(profile, args.method)
+        run = pretrain(profile, args.method)
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(path)
+            print(run.folder)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _parse_value(v: str) -> Any:
-    import json
-
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
 
 
 if __name__ == "__main__":

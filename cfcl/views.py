@@ -34,6 +34,8 @@ __all__ = [
     "apply",
     "map_points",
     "warp",
+    "sampling_grid",
+    "resample",
     "visible",
     "sample_points",
     "gather",
@@ -202,10 +204,24 @@ def warp(images: Tensor, M: Tensor, mode: str = "bilinear") -> Tensor:
         raise ValueError(f"warp: images must be floating point, got {images.dtype} (cast label maps "
                          "to float and use mode='nearest')")
     b, _, h, w = images.shape
-    q = _pixel_grid(h, w, images.device).expand(b, -1, -1)
-    src = apply(invert(M.to(images.device, torch.float64)), q.double()).to(images.dtype)
-    grid = _to_grid(src, h, w).view(b, h, w, 2)
-    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return resample(images, sampling_grid(M.to(images.device), h, w, images.dtype), mode)
+
+
+def sampling_grid(M: Tensor, h: int, w: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``grid_sample`` grid ``(B, h, w, 2)`` that renders views through ``M (B, 3, 3)``: view pixel
+    ``q`` reads the original at ``invert(M) @ q`` (computed in float64, then cast to ``dtype``)."""
+    b = M.shape[0]
+    q = _pixel_grid(h, w, M.device).expand(b, -1, -1)
+    src = apply(invert(M.to(torch.float64)), q.double()).to(dtype)
+    return _to_grid(src, h, w).view(b, h, w, 2)
+
+
+def resample(images: Tensor, grid: Tensor, mode: str = "bilinear") -> Tensor:
+    """Render ``images (B, C, H, W)`` through a :func:`sampling_grid` (``mode`` bilinear or nearest,
+    zeros outside); :func:`warp` is ``resample(images, sampling_grid(M, H, W))``."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"resample: mode must be 'bilinear' or 'nearest', got {mode!r}")
+    return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode="zeros", align_corners=True)
 
 
 def visible(pts_orig: Tensor, M: Tensor, size: int, eps: float = 1e-4) -> Tensor:

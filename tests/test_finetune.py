@@ -1,43 +1,67 @@
-"""Fine-tuning on the phantom's annotated split: folds are saved, reused and redone when the
-configuration changes; metrics tables have one row per test image."""
+"""Fine-tuning on the tiny phantom: folds are saved, reused, tied to their checkpoint; a missing or
+damaged checkpoint is an error naming it; metrics tables have one row per test image."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from cfcl import finetune as ft
+from cfcl import pretrain as pt
 from cfcl.config import get_profile
+from cfcl.runs import ArtifactError, MissingRunError
 
 
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("CFCL_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("CFCL_CACHE", str(tmp_path / "cache"))
-    return tmp_path
-
-
-def tiny(**over):
-    base = {"finetune.folds": 2, "finetune.epochs": 1, "finetune.batch_size": 16,
-            "data.n_test": 4, "data.n_annotated_healthy": 4, "data.n_annotated_effusion": 6}
-    base.update(over)
-    return get_profile("smoke", **base)
-
-
-def test_folds_saved_reused_and_redone(dirs):
+def test_folds_saved_reused_and_other_settings_are_another_run(tiny):
     prof = tiny()
     table = ft.finetune(prof, "none", progress=False)
     assert len(table) == 10 and sorted(table["index"]) == list(range(10))
     assert set(table["fold"]) == {0, 1}
     assert table["dsc"].between(0, 1).all() and np.isfinite(table[["hd95", "asd"]].to_numpy()).all()
-    files = sorted((dirs / "runs" / "smoke" / "finetune" / "none").glob("fold*.npz"))
-    assert len(files) == 2
+    run = ft.finetune_run(prof, "none")
+    files = [run.path(f"fold{k}.npz") for k in range(2)]
     stamps = [f.stat().st_mtime_ns for f in files]
-    ft.finetune(prof, "none", progress=False)  # finished: read back, no work
+    ft.finetune(prof, "none", progress=False)  # finished: verified and read back, no work
     assert [f.stat().st_mtime_ns for f in files] == stamps
     fold = ft.load_fold(prof, "none", 0)
-    assert fold["test_pred"].shape == (4, 64, 64) and fold["test_cf_pred"].shape == (4, 3, 64, 64)
-    ft.finetune(tiny(**{"finetune.lr": 1e-3}), "none", progress=False)  # other config: redone
-    assert [f.stat().st_mtime_ns for f in files] != stamps
+    assert fold["test_pred"].shape == (8, 32, 32) and fold["test_cf_pred"].shape == (8, 3, 32, 32)
+    assert ft.finetune_run(tiny({"finetune.lr": 1e-3}), "none").key != run.key
+    assert ft.finetune_run(tiny({"pretrain.lr": 1e-2}), "none").key == run.key  # None reads no pre-training
+
+
+def test_finetuning_never_pretrains_and_checks_the_checkpoint(tiny):
+    prof = tiny({"pretrain.cf_source": "oracle"})
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.pretrain --profile smoke .* --method vader"):
+        ft.finetune(prof, "vader", progress=False)
+    pre = pt.pretrain(prof, "vader", progress=False)
+    with open(pre.path("model.pt"), "r+b") as f:  # 4 kB of garbage over the checkpoint
+        f.seek(100)
+        f.write(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ArtifactError, match="model.pt"):
+        ft.finetune(prof, "vader", progress=False)
+
+
+def test_folds_are_tied_to_the_checkpoint_they_started_from(tiny, capsys):
+    prof = tiny({"pretrain.cf_source": "oracle"})
+    pre = pt.pretrain(prof, "vader", progress=False)
+    ft.finetune(prof, "vader", progress=False)
+    run = ft.finetune_run(prof, "vader")
+    origin = run.manifest()["origin_sha256"]
+    assert origin == pre.manifest()["artifacts"]["model.pt"]["sha256"]
+    # the pre-training run is remade (same settings, new weights): the folds are stale
+    import shutil
+
+    shutil.rmtree(pre.folder)
+    pt.pretrain(tiny({"pretrain.cf_source": "oracle", "pretrain.steps": 1}), "vader", progress=False)
+    fake = pt.pretrain_run(prof, "vader")
+    other = pt.pretrain_run(tiny({"pretrain.cf_source": "oracle", "pretrain.steps": 1}), "vader")
+    shutil.copytree(other.folder, fake.folder)
+    import json
+
+    meta = json.loads(fake.manifest_path.read_text())
+    meta["key"] = fake.key
+    fake.manifest_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="stale"):
+        ft.load_fold(prof, "vader", 0)
 
 
 def test_unknown_method_is_refused():

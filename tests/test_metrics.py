@@ -120,6 +120,25 @@ def test_surface_matches_monai_public_metrics():
     assert asd[0, 0] == pytest.approx(float(compute_average_surface_distance(onehot(pred), onehot(gold), symmetric=True, **kw)), rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("spacing", [1.0, (1.5, 0.7)])
+def test_surface_matches_monai_on_random_lungs_touching_the_border(spacing):
+    """The fast scipy path against MONAI's own metrics: blobs with holes, cut by the image border."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    masks = ndimage.gaussian_filter(rng.normal(size=(12, 48, 40)), (0, 3, 3)) > 0.05  # ragged, border-touching
+    pred, gold = masks[:6].astype(np.uint8), masks[6:].astype(np.uint8)
+    hd, asd = surface_distances(pred, gold, labels=(1,), spacing=spacing)
+    onehot = lambda m: m[:, None].astype(np.float32)  # noqa: E731
+    kw = dict(include_background=True, spacing=spacing)
+    ref_hd = compute_hausdorff_distance(onehot(pred), onehot(gold), percentile=95, **kw).numpy()[:, 0]
+    ref_asd = compute_average_surface_distance(onehot(pred), onehot(gold), symmetric=True, **kw).numpy()[:, 0]
+    np.testing.assert_allclose(hd[:, 0], ref_hd, rtol=1e-5)
+    np.testing.assert_allclose(asd[:, 0], ref_asd, rtol=1e-5)
+
+
 def test_surface_empty_policy():
     h, w = 40, 30  # diagonal 50
     gold = np.zeros((3, h, w), np.uint8)
@@ -230,3 +249,32 @@ def test_d_over_sigma_known_geometry():
         d_over_sigma(x, np.zeros(len(x)))
     with pytest.raises(ValueError, match="rows"):
         d_over_sigma(x, y[:3])
+
+
+def test_hidden_lung_recall_on_hand_made_masks():
+    from cfcl.metrics import hidden_lung_recall
+
+    gold = np.zeros((3, 8, 8), np.uint8)
+    gold[:, 1:7, 1:4], gold[:, 1:7, 5:8] = 1, 2
+    hidden = np.zeros((3, 8, 8), bool)
+    hidden[:2, 5:7, :] = True  # the bases of both lungs hidden in images 0 and 1; image 2 healthy
+    pred = gold.copy()
+    pred[1, 5:7, 1:4] = 0  # image 1: the hidden right base is missed (6 of 12 hidden lung pixels)
+    r = hidden_lung_recall(pred, gold, hidden)
+    assert r[0] == 1.0 and r[1] == 0.5 and np.isnan(r[2])
+    wrong_side = gold.copy()
+    wrong_side[0, 5:7, 5:8] = 1  # labelled, but as the other lung: not recovered
+    assert hidden_lung_recall(wrong_side, gold, hidden)[0] == 0.5
+
+
+def test_lower_field_dice_on_hand_made_masks():
+    from cfcl.metrics import lower_field_dice
+
+    gold = np.zeros((2, 9, 8), np.uint8)
+    gold[:, 0:9, 0:3], gold[:, 0:9, 5:8] = 1, 2  # both lungs 9 rows tall: lower third = rows 6-8
+    pred = gold.copy()
+    pred[0, 0:3] = 0  # the apex missed: the lower field is untouched
+    pred[1, 6:9, 0:3] = 0  # the right base missed entirely
+    d = lower_field_dice(pred, gold)
+    assert d[0] == 1.0 and d[1] == pytest.approx(0.5)
+    assert np.isnan(lower_field_dice(np.zeros((1, 4, 4), np.uint8), np.zeros((1, 4, 4), np.uint8))[0])

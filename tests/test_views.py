@@ -87,6 +87,19 @@ def test_warp_hand_made_cases():
     torch.testing.assert_close(rot, img[0, 0][S - 1 - col, r], atol=1e-3, rtol=0)
 
 
+def test_one_sampling_grid_renders_images_and_label_maps_alike():
+    """sampling_grid + resample is warp (fine-tuning renders an image and its mask with one grid)."""
+    g = _gen(19)
+    M = V.random_geometry(3, S, V.AugmentConfig(), g)
+    img, lab = torch.rand(3, 1, S, S, generator=g), _blocks(3)[:, None].float()
+    grid = V.sampling_grid(M, S, S)
+    assert grid.shape == (3, S, S, 2)
+    assert torch.equal(V.resample(img, grid), V.warp(img, M))
+    assert torch.equal(V.resample(lab, grid, "nearest"), V.warp(lab, M, mode="nearest"))
+    with pytest.raises(ValueError, match="mode"):
+        V.resample(img, grid, "bicubic")
+
+
 def test_pixel_tracking_recovers_points():
     """Render coordinate-coded images through random matrices; gather at the mapped view points."""
     b = 6

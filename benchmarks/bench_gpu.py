@@ -1,0 +1,188 @@
+"""The GPU path at the paper's scale: images/s per method, peak memory, fraction of the GPU's peak
+(issue 10, section 5). One script, a few minutes on one GPU:
+
+    python benchmarks/bench_gpu.py                  # paper profile: 224 px, ResNet50, 1,000 px/view, batch 32
+    python benchmarks/bench_gpu.py --no-compile     # without the torch.compile comparison
+    python benchmarks/bench_gpu.py --dry-run        # on CPU, tiny counts (tests/test_paper_dryrun.py runs it)
+
+Every pre-training method runs :func:`cfcl.pretrain.train_step` (the loop's own step: the views
+rendered and the points sampled on the GPU, bf16 autocast, the network in channels_last) on a
+fixed synthetic batch; a bare U-Net step (cross-entropy, same network, same settings) on the same
+images x views is the reference. Printed and written (``--out``, default
+``benchmarks/results/gpu.md``) per method: images/s (base images, each with all its views),
+time ratio to the bare step, peak memory (``torch.cuda.max_memory_allocated``), and the fraction of
+the GPU's dense bf16 peak reached by the U-Net part: the U-Net's FLOPs per step
+(``FlopCounterMode``, forward + backward of the B x V images) over the step time, over the peak of
+the GPU named by ``torch.cuda.get_device_name`` (table :data:`PEAK_BF16`). With ``--compile``
+(default on a GPU) the bare step and one dense method also run under ``torch.compile`` and the
+compile time is reported, to say whether ``pretrain.compile`` should be on for the paper profile.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import steps as S  # noqa: E402
+from cfcl import pretrain as pt  # noqa: E402
+from cfcl.config import get_profile  # noqa: E402
+from cfcl.methods import PRETRAIN_METHODS, get  # noqa: E402
+from cfcl.paths import atomic_path  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+#: Dense bf16 peak (FLOP/s, no sparsity) by a substring of the device name; first match wins.
+PEAK_BF16 = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
+             ("4090", 165e12), ("A10", 125e12))
+DRY_RUN = "data.image_size=32 pretrain.batch_size=2 pretrain.pixels_per_view=64 pretrain.embed_dim=16"
+
+
+def peak_flops(name: str) -> float | None:
+    for key, peak in PEAK_BF16:
+        if key in name:
+            return peak
+    return None
+
+
+def unet_flops(net, prof, images: int, device: str) -> float:
+    """FLOPs of forward + backward of the U-Net (embedding head included) on ``images`` images."""
+    size = prof.data.image_size
+    x = torch.rand(images, 1, size, size, device=device)
+    with FlopCounterMode(display=False) as fc:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            out = net(x, mode="segment")
+        out.float().sum().backward()
+    net.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def _mb(mem: float) -> str:
+    return "" if mem != mem else f"{mem:.0f}"  # nan (CPU): not measured
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(step, device: str, steps: int, warmup: int) -> tuple[float, float, float]:
+    """(median seconds per step, peak memory MB, seconds of the first call: compilation)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    step(0)
+    _sync(device)
+    first = time.perf_counter() - t0
+    for i in range(1, warmup):
+        step(i)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        step(warmup + i)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+    return statistics.median(times), mem, first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Images/s per method on one GPU at the paper profile.")
+    ap.add_argument("--profile", default="paper")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--methods", nargs="*", default=list(PRETRAIN_METHODS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", dest="compile", action="store_true", default=None)
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny counts: checks every path quickly")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    overrides = list(args.overrides)
+    if args.dry_run:
+        overrides = DRY_RUN.split() + overrides
+        args.steps, args.warmup = 1, 1
+        torch.set_num_threads(1)
+    if args.compile is None:
+        args.compile = device == "cuda"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    prof = get_profile(args.profile, overrides)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)" if args.dry_run else "CPU"
+    peak = peak_flops(name) if device == "cuda" else None
+    B = prof.pretrain.batch_size
+    started = time.perf_counter()
+
+    net, opt = S.network(prof, device, channels_last=device == "cuda")
+    views = {m: S.n_views(m) for m in args.methods}
+    flops = {v: unet_flops(net, prof, B * v, device) for v in sorted(set(views.values()))}
+    rows, bare = [], {}
+    for v in sorted(set(views.values())):
+        t, mem, _ = measure(S.bare_step(net, opt, prof, B * v, device, channels_last=device == "cuda"),
+                            device, args.steps, args.warmup)
+        bare[v] = t
+        frac = "" if peak is None else f"{flops[v] / t / peak:.1%}"
+        rows.append(f"| bare U-Net x{v} | {v} | {B / t:.1f} | 1.00 | {_mb(mem)} | {frac} |")
+        print(rows[-1], flush=True)
+    for m in args.methods:
+        v = views[m]
+        t, mem, _ = measure(S.method_step(net, opt, prof, m, device), device, args.steps, args.warmup)
+        frac = "" if peak is None else f"{flops[v] / t / peak:.1%}"
+        rows.append(f"| {m} | {v} | {B / t:.1f} | {t / bare[v]:.2f} | {_mb(mem)} | {frac} |")
+        print(rows[-1], flush=True)
+    compiled = []
+    if args.compile:
+        cnet = torch.compile(net)
+        for kind in ("bare", "dvd_cl"):
+            v = 4
+            step = S.bare_step(cnet, opt, prof, B * v, device, channels_last=device == "cuda") if kind == "bare" \
+                else S.method_step(cnet, opt, prof, kind, device)
+            t, mem, first = measure(step, device, args.steps, args.warmup)
+            ref = bare[v] if kind == "bare" else None
+            compiled.append(f"| {kind} (compiled) | {v} | {B / t:.1f} | "
+                            f"{'' if ref is None else f'{ref / t:.2f}'} | {_mb(mem)} | {first:.0f} |")
+            print(compiled[-1], flush=True)
+    wall = time.perf_counter() - started
+
+    cmd = "python benchmarks/bench_gpu.py" + (" --dry-run" if args.dry_run else "") + \
+          (" --set " + " ".join(args.overrides) if args.overrides else "")
+    lines = [f"# GPU path ({args.profile} profile)", "",
+             f"`{cmd}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, device: {name}"
+             f"{'' if peak is None else f' (dense bf16 peak {peak / 1e12:.0f} TFLOP/s)'}; "
+             f"{prof.pretrain.encoder}, {prof.data.image_size} px, batch {B} images, "
+             f"{prof.pretrain.pixels_per_view} px/view; bf16 autocast and channels_last on CUDA; median of "
+             f"{args.steps} steps after {args.warmup} warm-up; {wall:.0f} s in all.", "",
+             "U-Net FLOPs per step (forward + backward of B x V images): "
+             + ", ".join(f"{v} views {flops[v] / 1e12:.2f} TFLOP" for v in flops) + ".", "",
+             "| method | views | images/s | time vs bare | peak memory (MB) | U-Net share of bf16 peak |",
+             "|---|---:|---:|---:|---:|---:|", *rows, ""]
+    if compiled:
+        lines += ["torch.compile (inductor): speed-up of the compiled bare step over the eager one, and the "
+                  "first call's time (compilation):", "",
+                  "| step | views | images/s | speed-up vs eager | peak memory (MB) | first call (s) |",
+                  "|---|---:|---:|---:|---:|---:|", *compiled, ""]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out) if args.out else RESULTS / ("gpu_dry_run.md" if args.dry_run else "gpu.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
