@@ -1,7 +1,14 @@
 # cfcl: `make reproduce` runs the paper end to end (default profile: cpu), `make test` runs the tests.
-# Executed notebooks are targets under runs/$(PROFILE)/notebooks/, so `make -j2` and reruns redo only
-# what changed. `make help` lists the targets.
+# Executed notebooks are targets under runs/<profile>[-<variant>]/notebooks/, so `make -j2` and reruns
+# redo only what changed; every stage's run is keyed by its settings (cfcl/runs.py), so a notebook that
+# reruns verifies and reuses the runs it finds. `make help` lists the targets.
+#
+# Variants: `make reproduce PROFILE=smoke VARIANT=oracle SET="pretrain.cf_source=oracle"` runs the whole
+# pipeline with the overrides, reusing every upstream run they do not touch, and writes its figures to
+# figures/smoke-oracle/. VARIANT names the overrides; one without the other is an error.
 PROFILE ?= cpu
+VARIANT ?=
+SET ?=
 # Two cores: two notebooks side by side with one thread each beat one notebook with two threads.
 JOBS ?= 2
 export OMP_NUM_THREADS ?= 1
@@ -9,17 +16,33 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
 
+ifneq ($(strip $(VARIANT)),)
+ifeq ($(strip $(SET)),)
+$(error VARIANT=$(VARIANT) needs SET="key=value ..." (the overrides it names))
+endif
+endif
+ifneq ($(strip $(SET)),)
+ifeq ($(strip $(VARIANT)),)
+$(error SET="$(SET)" needs VARIANT=<name> (figures go to figures/$(PROFILE)-<name>/))
+endif
+endif
+
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-NB := runs/$(PROFILE)/notebooks
+LABEL := $(PROFILE)$(if $(strip $(VARIANT)),-$(strip $(VARIANT)))
+NB := runs/$(LABEL)/notebooks
 PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
-METHODS := simclr vader dvd_cl mvd_cl chexmask ssdcl s_dvd_cl s_mvd_cl
-PROPOSED := dvd_cl mvd_cl s_dvd_cl s_mvd_cl
-FT_METHODS := none $(METHODS)
+# The method lists come from the registry (cfcl/methods.py is plain Python: no environment needed).
+METHODS := $(shell python3 -m cfcl.methods pretrain)
+PROPOSED := $(shell python3 -m cfcl.methods proposed)
+FT_METHODS := $(shell python3 -m cfcl.methods finetune)
 SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
+# The overrides a label was last run with: a changed SET for the same VARIANT reruns its notebooks.
+SETTINGS := $(NB)/.settings
 
-.PHONY: help install reproduce test unit nbval lab bench data hvae pretrain finetune clean-runs
+.PHONY: help install reproduce test unit unit-fast nbval realdata-smoke lab bench data hvae pretrain finetune \
+        clean-runs FORCE
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -33,15 +56,22 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "cfcl (.venv)" >/dev/null
 	touch $@
 
-# --- the paper, notebook by notebook (papermill; a failing notebook stops the run and names the cell) ---
-define papermill
+$(SETTINGS): FORCE
 	@mkdir -p $(@D)
-	$(PAPERMILL) $(1) $(@D)/.running-$(@F) -p profile $(PROFILE) $(2) || \
-	  { mv $(@D)/.running-$(@F) $(@D)/failed-$(@F); echo "see $(@D)/failed-$(@F)"; exit 1; }
+	@echo '$(SET)' | cmp -s - $@ || echo '$(SET)' > $@
+
+# --- the paper, notebook by notebook (papermill; a failing notebook stops the run and names the cell) ---
+# Each notebook's wall time goes to $(NB)/.times/ (the stage timing table, figures/<label>/timings.csv).
+define papermill
+	@mkdir -p $(@D)/.times
+	@start=$$(date +%s.%N); \
+	$(PAPERMILL) $(1) $(@D)/.running-$(@F) -p profile $(PROFILE) -p variant "$(VARIANT)" -p overrides "$(SET)" $(2) || \
+	  { mv $(@D)/.running-$(@F) $(@D)/failed-$(@F); echo "see $(@D)/failed-$(@F)"; exit 1; }; \
+	echo "$(@F) $$start $$(date +%s.%N) $(OMP_NUM_THREADS) $(JOBS)" > $(@D)/.times/$(@F).txt
 	mv $(@D)/.running-$(@F) $@
 endef
 
-$(NB)/00_data.ipynb: notebooks/00_data.ipynb $(SRC) | $(INSTALLED)
+$(NB)/00_data.ipynb: notebooks/00_data.ipynb $(SRC) $(SETTINGS) | $(INSTALLED)
 	$(call papermill,$<,)
 $(NB)/01_train_hvae.ipynb: notebooks/01_train_hvae.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,)
@@ -58,30 +88,48 @@ $(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/
 $(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb)
 	$(call papermill,$<,)
 
-data: $(NB)/00_data.ipynb ## Generate the data and its figures (notebook 00)
+data: $(NB)/00_data.ipynb ## Make the data and its figures (notebook 00)
 hvae: $(NB)/02_counterfactuals.ipynb ## Train the HVAE, generate and score counterfactuals (01, 02)
 pretrain: $(METHODS:%=$(NB)/03_pretrain-%.ipynb) ## Pre-train all eight methods (03)
 finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, 5 folds each (04)
 
-reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, JOBS=2); figures/<profile>/
+reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIANT=name SET="k=v ...", JOBS=2)
+	rm -rf $(NB)/.times
 	$(MAKE) -j$(JOBS) $(NB)/05_latent_space.ipynb $(NB)/06_results.ipynb
-	@echo "done: figures/$(PROFILE)/ and $(NB)/"
+	$(PY) -m cfcl.outputs timings $(NB) $(LABEL)
+	@echo "done: figures/$(LABEL)/ and $(NB)/"
 
 # --- tests ---
 unit: | $(INSTALLED) ## Unit tests only
 	$(PY) -m pytest tests -q
 
+unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop; under 90 s on 2 cores)
+	$(PY) -m pytest tests -q -m "not slow"
+
+# nbval executes every notebook as it is (smoke defaults) and checks it runs clean; the smoke pipeline is
+# made first by `make reproduce PROFILE=smoke`, so each notebook verifies and reuses its runs.
 nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
+	$(MAKE) reproduce PROFILE=smoke VARIANT= SET=
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q
 
-test: unit nbval ## Unit tests, then nbval over the notebooks (what CI runs)
+# The real-data route (docs/real_data.md) on a fixture written in the exact real formats.
+REAL_DIR ?= $(or $(TMPDIR),/tmp)/cfcl-realdata-fixture
+realdata-smoke: | $(INSTALLED) ## The whole smoke pipeline on real-format files (figures/smoke-real/)
+	rm -rf $(REAL_DIR)
+	$(PY) -m cfcl.data.fixture --out $(REAL_DIR) > $(REAL_DIR).settings
+	$(MAKE) reproduce PROFILE=smoke VARIANT=real SET="$$(tail -n 1 $(REAL_DIR).settings)"
+
+test: unit nbval realdata-smoke ## Unit tests, every notebook under nbval, the real-data route (what CI runs)
 
 bench: | $(INSTALLED) ## Benchmarks (ratios, written to benchmarks/results/)
 	$(PY) benchmarks/bench_losses.py
 	$(PY) benchmarks/bench_pretrain.py
 
+# Jupyter refuses to run as root without --allow-root; containers often run as root, where this is safe.
 lab: | $(INSTALLED) ## Open JupyterLab on the notebooks with the project's kernel
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-clean-runs: ## Delete executed notebooks and checkpoints of PROFILE (keeps the data cache)
-	rm -rf runs/$(PROFILE)
+clean-runs: ## Delete executed notebooks and runs of PROFILE (keeps the data cache)
+	rm -rf runs/$(PROFILE) runs/$(PROFILE)-*
+
+FORCE:

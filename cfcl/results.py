@@ -12,49 +12,30 @@ anatomy did not change (outside the effusion region of either image).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from cfcl import metrics
-from cfcl.config import FINETUNE_METHODS, INTERVENTIONS, Profile
+from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
-from cfcl.finetune import finetune, load_fold
-from cfcl.paths import atomic_path, figures_dir
+from cfcl.finetune import fold_metrics, load_fold
+from cfcl.methods import FINETUNE_METHODS, METHODS, TABLE2_COLUMNS
 
-ROW_NAMES = {"none": "None", "simclr": "SimCLR", "vader": "VADeR", "dvd_cl": "DVD-CL", "mvd_cl": "MVD-CL",
-             "chexmask": "CheXMask", "ssdcl": "SSDCL", "s_dvd_cl": "S-DVD-CL", "s_mvd_cl": "S-MVD-CL"}
-GROUPS = {"none": "", "simclr": "Unsupervised", "vader": "Unsupervised", "dvd_cl": "Unsupervised",
-          "mvd_cl": "Unsupervised", "chexmask": "Supervised", "ssdcl": "Supervised",
-          "s_dvd_cl": "Supervised", "s_mvd_cl": "Supervised"}
-COLUMNS = ("DSC", "DSC_NF", "DSC_PE", "HD95", "ASD")
-
-#: Paper Table 2 (PadChest, 5 folds): (mean, std) per column.
-PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
-    "none": {"DSC": (87.05, 4.34), "DSC_NF": (93.59, 1.28), "DSC_PE": (84.76, 1.28), "HD95": (21.9, 8.0), "ASD": (5.39, 2.05)},
-    "simclr": {"DSC": (90.90, 2.94), "DSC_NF": (96.71, 0.28), "DSC_PE": (88.61, 4.15), "HD95": (11.9, 5.3), "ASD": (3.64, 1.63)},
-    "vader": {"DSC": (92.26, 2.66), "DSC_NF": (97.22, 0.16), "DSC_PE": (90.33, 3.68), "HD95": (10.4, 3.7), "ASD": (2.79, 1.14)},
-    "dvd_cl": {"DSC": (92.76, 2.23), "DSC_NF": (97.36, 0.14), "DSC_PE": (91.08, 3.18), "HD95": (10.5, 3.6), "ASD": (2.86, 1.04)},
-    "mvd_cl": {"DSC": (92.27, 2.73), "DSC_NF": (97.18, 0.25), "DSC_PE": (90.36, 3.79), "HD95": (9.1, 4.9), "ASD": (2.61, 1.16)},
-    "chexmask": {"DSC": (93.65, 2.33), "DSC_NF": (97.81, 0.20), "DSC_PE": (92.02, 3.23), "HD95": (7.3, 1.8), "ASD": (2.46, 1.26)},
-    "ssdcl": {"DSC": (92.91, 2.77), "DSC_NF": (97.58, 0.17), "DSC_PE": (91.10, 3.84), "HD95": (15.3, 5.0), "ASD": (3.31, 1.20)},
-    "s_dvd_cl": {"DSC": (93.15, 2.61), "DSC_NF": (97.62, 0.11), "DSC_PE": (91.43, 3.65), "HD95": (8.0, 3.9), "ASD": (2.96, 1.97)},
-    "s_mvd_cl": {"DSC": (93.93, 1.92), "DSC_NF": (97.75, 0.09), "DSC_PE": (92.43, 2.67), "HD95": (7.3, 3.4), "ASD": (2.05, 0.74)},
-}
+COLUMNS = TABLE2_COLUMNS
 
 
-def table2(profile: Profile, methods: tuple[str, ...] = FINETUNE_METHODS, progress: bool = False) -> pd.DataFrame:
+def table2(profile: Profile, methods: tuple[str, ...] = FINETUNE_METHODS) -> pd.DataFrame:
     """Table 2 as numbers: one row per method, columns ``<metric>_mean``/``<metric>_std`` and
-    ``<metric>_paper`` (the published mean)."""
+    ``<metric>_paper`` (the published mean). Reads the fine-tuning runs (verified); a missing one is
+    an error naming the command that makes it, never fine-tuned here."""
     rows = []
     for m in methods:
-        s = metrics.summarise_folds(finetune(profile, m, progress=progress))
+        s = metrics.summarise_folds(fold_metrics(profile, m))
         s = s.iloc[0].to_dict() if isinstance(s, pd.DataFrame) else dict(s)
-        row = {"method": m, "group": GROUPS[m], "name": ROW_NAMES[m]}
+        row = {"method": m, "group": METHODS[m].group, "name": METHODS[m].display}
         for c in COLUMNS:
             row[f"{c}_mean"], row[f"{c}_std"] = _mean_std(s, c)
-            row[f"{c}_paper"] = PAPER_TABLE2[m][c][0]
+            row[f"{c}_paper"] = METHODS[m].table2[c][0]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -77,34 +58,28 @@ def format_table2(t: pd.DataFrame, with_paper: bool = True) -> pd.DataFrame:
     return out
 
 
-def write_table(df: pd.DataFrame, stem: str, profile: Profile, caption: str = "") -> dict[str, Path]:
-    """Write ``df`` as CSV, Markdown and LaTeX to figures/<profile>/<stem>.{csv,md,tex} (atomically)."""
-    if df.index.name is not None:  # a named index (e.g. the method) is a column of the table
-        df = df.reset_index()
-    d = figures_dir(profile.name)
-    paths = {ext: d / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
-    texts = {"csv": df.to_csv(index=False),
-             "md": (f"{caption}\n\n" if caption else "") + df.to_markdown(index=False) + "\n",
-             "tex": df.to_latex(index=False, caption=caption or None, escape=True)}
-    for ext, path in paths.items():
-        with atomic_path(path) as tmp:
-            tmp.write_text(texts[ext])
-    return paths
-
-
 def changed_regions(profile: Profile, split: str = "test") -> np.ndarray | None:
-    """Effusion regions (N, 3, H, W) bool of the split's counterfactuals (union with the factual's),
-    from the phantom; None for a source without exact counterfactuals."""
+    """Where each intervention can change the anatomy, (N, 3, H, W) bool in ``INTERVENTIONS``
+    order, from the phantom: for the interventions on effusion, the effusion region (the potential
+    fluid support dilated by the blur) of the factual or the counterfactual; for do(scanner),
+    nowhere (the acquisition changes, the anatomy does not). None for a source without exact
+    counterfactuals."""
     if profile.data.source != "phantom":
         return None
+    from cfcl.config import INTERVENED_PARENTS
     from cfcl.data import phantom
 
     data = load_split(profile, split)
     noise = phantom.load_noise(profile.data, split)
     size = profile.data.image_size
     base = phantom.render(noise, data.parents, size)["effusion_region"]
-    return np.stack([base | phantom.counterfactual(noise, data.parents, iv, size)["effusion_region"]
-                     for iv in INTERVENTIONS], axis=1)
+    out = []
+    for iv in INTERVENTIONS:
+        if "effusion" in INTERVENED_PARENTS[iv]:
+            out.append(base | phantom.counterfactual(noise, data.parents, iv, size)["effusion_region"])
+        else:
+            out.append(np.zeros_like(base))
+    return np.stack(out, axis=1)
 
 
 def robustness(profile: Profile, method: str, regions: np.ndarray | None = None) -> pd.DataFrame:
@@ -145,7 +120,7 @@ def claims(t2: pd.DataFrame) -> pd.DataFrame:
     t = t2.set_index("method")
 
     def pm(m: str, c: str = "DSC") -> str:
-        return f"{ROW_NAMES[m]} {t.loc[m, f'{c}_mean']:.2f} ± {t.loc[m, f'{c}_std']:.2f}"
+        return f"{METHODS[m].display} {t.loc[m, f'{c}_mean']:.2f} ± {t.loc[m, f'{c}_std']:.2f}"
 
     def dsc(m: str) -> float:
         return float(t.loc[m, "DSC_mean"])
@@ -167,6 +142,6 @@ def claims(t2: pd.DataFrame) -> pd.DataFrame:
         ("S-DVD-CL and S-MVD-CL beat SSDCL (DSC)", min(dsc("s_dvd_cl"), dsc("s_mvd_cl")) > dsc("ssdcl"),
          "; ".join(pm(m) for m in ("s_dvd_cl", "s_mvd_cl", "ssdcl"))),
         ("the effusion gap (DSC_NF - DSC_PE) shrinks with every pre-training", all(gap(m) < gap("none") for m in pre),
-         "; ".join(f"{ROW_NAMES[m]} {gap(m):.2f}" for m in ["none"] + pre)),
+         "; ".join(f"{METHODS[m].display} {gap(m):.2f}" for m in ["none"] + pre)),
     ]
     return pd.DataFrame(rows, columns=["claim", "holds", "evidence"])

@@ -10,7 +10,7 @@ import pytest
 from matplotlib.colors import rgb_to_hsv
 
 from cfcl.chromap import chromap, colour_coords, mvee, overlay, polar_hsv, to_unit_disc
-from cfcl.plots.latent import PAPER_TABLE1, latent_table, plot_chromaps
+from cfcl.plots.latent import plot_chromaps
 
 
 def known_ellipse(rng, n=300):
@@ -111,6 +111,7 @@ def clustered_embeddings():
     return emb, labels, chromap(emb, n_fit=300, n_neighbors=10, seed=0, progress=False)
 
 
+@pytest.mark.slow  # UMAP's first call compiles with numba (~30 s)
 def test_chromap_shape_deterministic_three_hues(clustered_embeddings):
     emb, labels, rgb = clustered_embeddings
     assert rgb.shape == (2, 16, 16, 3) and rgb.min() >= 0 and rgb.max() <= 1
@@ -128,6 +129,7 @@ def test_chromap_shape_deterministic_three_hues(clustered_embeddings):
             assert abs((hues[i] - hues[j] + 0.5) % 1 - 0.5) > 0.15  # distinct hues
 
 
+@pytest.mark.slow  # UMAP's first call compiles with numba (~30 s)
 def test_chromap_mask_and_bad_input(clustered_embeddings):
     emb, _, _ = clustered_embeddings
     mask = np.zeros((2, 16, 16), bool)
@@ -142,13 +144,41 @@ def test_chromap_mask_and_bad_input(clustered_embeddings):
 
 
 # ------------------------------------------------------------------------------------ plots
-def test_latent_table_and_plot():
-    t = latent_table({"dvd_cl": (1.0, 0.7), "S-MVD-CL": (10.0, 0.95), "vader": (0.5, 0.6)})
-    assert list(t.columns) == ["d/σ", "purity", "d/σ (paper)", "purity (paper)"]
-    assert list(t.index) == ["DVD-CL", "S-MVD-CL", "VADeR"]
-    assert t.loc["DVD-CL", "d/σ (paper)"] == 0.83 and t.loc["S-MVD-CL", "purity (paper)"] == 0.9705
-    assert np.isnan(t.loc["VADeR", "d/σ (paper)"])
-    assert PAPER_TABLE1["s_dvd_cl"] == (17.07, 0.9581)
+@pytest.mark.slow
+def test_latent_table_reads_the_pretrained_runs(tiny):
+    from cfcl.latent import invariance, latent_table
+    from cfcl.pretrain import pretrain
+
+    prof = tiny({"pretrain.cf_source": "oracle"})
+    for m in ("dvd_cl", "vader"):
+        pretrain(prof, m, progress=False)
+    t = latent_table(prof, ["dvd_cl", "vader"])
+    assert list(t.columns) == ["d/σ", "purity", "NMI", "d/σ (paper)", "purity (paper)"]
+    assert list(t.index) == ["DVD-CL", "VADeR"]
+    assert t.loc["DVD-CL", "d/σ (paper)"] == 0.83 and np.isnan(t.loc["VADeR", "d/σ (paper)"])
+    assert np.isfinite(t[["d/σ", "purity", "NMI"]].to_numpy()).all()
+    assert (t["purity"] >= 1 / 3 - 1e-9).all()  # balanced classes: the floor is 1/3, not the background share
+    inv = invariance(prof, "dvd_cl")
+    assert inv["intervention"].tolist() == ["scanner", "effusion", "both"]
+    assert inv.loc[0, "n_inside"] == 0 and np.isnan(inv.loc[0, "inside"])  # do(scanner) changes no anatomy
+    assert inv[["outside"]].stack().between(-1, 1).all()
+
+
+def test_balanced_pixel_sampling():
+    from cfcl.latent import sample_pixels
+
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, :2, :2], labels[:, 6:, 6:] = 1, 2  # 4 pixels per lung, 56 background
+    emb = np.random.default_rng(0).normal(size=(2, 3, 8, 8))
+    z, y = sample_pixels(emb, labels, per_image=12)
+    assert z.shape == (24, 3) and np.bincount(y).tolist() == [8, 8, 8]
+    z, y = sample_pixels(emb, labels, per_image=30)  # a class with fewer pixels gives what it has
+    assert np.bincount(y).tolist() == [20, 8, 8]
+    _, y = sample_pixels(emb, labels, per_image=32, balanced=False)
+    assert len(y) == 64 and np.bincount(y, minlength=3)[0] > 40
+
+
+def test_plot_chromaps():
     images = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8), dtype=np.uint8)
     maps = {"dvd_cl": np.zeros((3, 8, 8, 3)), "mvd_cl": np.ones((3, 8, 8, 3))}
     fig = plot_chromaps(images, maps, col_titles=["a", "b", "c"])

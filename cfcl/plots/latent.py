@@ -1,54 +1,17 @@
-"""Figures and tables of the latent-space analysis (paper section 4.1): CHRO-maps (Fig. 2), Table 1."""
+"""Figures of the latent-space analysis (paper section 4.1): CHRO-maps (Fig. 2)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from cfcl.chromap import overlay
 
-# Display names of the project's method keys (cfcl.config.METHODS), as printed in the paper.
-METHOD_NAMES = {
-    "none": "None", "simclr": "SimCLR", "vader": "VADeR", "dvd_cl": "DVD-CL", "mvd_cl": "MVD-CL",
-    "chexmask": "CheXMask", "ssdcl": "SSDCL", "s_dvd_cl": "S-DVD-CL", "s_mvd_cl": "S-MVD-CL",
-}
-
-# Paper Table 1: (d/sigma, K-means purity) of the output embeddings before fine-tuning.
-PAPER_TABLE1: dict[str, tuple[float, float]] = {
-    "dvd_cl": (0.83, 0.6979),
-    "mvd_cl": (1.39, 0.6391),
-    "s_dvd_cl": (17.07, 0.9581),
-    "s_mvd_cl": (12.16, 0.9705),
-}
-
-
-def _key(method: str) -> str:
-    """Project key of a method given as key ("s_dvd_cl") or display name ("S-DVD-CL")."""
-    by_name = {v.lower(): k for k, v in METHOD_NAMES.items()}
-    return by_name.get(method.lower(), method)
-
-
 def display_name(method: str) -> str:
-    return METHOD_NAMES.get(_key(method), method)
+    """The paper's name of a method key (``"s_dvd_cl"`` -> ``"S-DVD-CL"``); other text is kept."""
+    from cfcl.methods import METHODS
 
-
-def latent_table(results: Mapping[str, tuple[float, float]], digits: int = 4) -> pd.DataFrame:
-    """Table 1 next to the paper's: index = method (display name), columns ``d/σ``, ``purity``,
-    ``d/σ (paper)``, ``purity (paper)`` (nan where the paper has no value).
-
-    ``results`` maps a method (key or display name) to ``(d_over_sigma, purity)`` as computed by
-    :func:`cfcl.metrics.d_over_sigma` and :func:`cfcl.metrics.kmeans_purity`.
-    """
-    rows = []
-    for method, value in results.items():
-        if len(value) != 2:
-            raise ValueError(f"latent_table: results[{method!r}] must be (d_over_sigma, purity), got {value!r}")
-        paper = PAPER_TABLE1.get(_key(method), (np.nan, np.nan))
-        rows.append({"method": display_name(method), "d/σ": float(value[0]), "purity": float(value[1]),
-                     "d/σ (paper)": paper[0], "purity (paper)": paper[1]})
-    df = pd.DataFrame(rows, columns=["method", "d/σ", "purity", "d/σ (paper)", "purity (paper)"])
-    return df.set_index("method").round(digits)
+    return METHODS[method].display if method in METHODS else method
 
 
 def plot_chromaps(images: np.ndarray, chromaps: Mapping[str, np.ndarray], alpha: float = 0.6,
