@@ -167,21 +167,19 @@ def test_soft_dice_loss_is_zero_for_a_perfect_prediction():
     assert soft_dice_loss(-logits, y).item() > 0.9
 
 
-def test_claims_read_table2_correctly():
+def test_table2_test_reads_per_image_tables():
     import pandas as pd
 
-    from cfcl.methods import FINETUNE_METHODS
-    from cfcl.results import claims
+    from cfcl.results import table2_test
 
-    dsc = {"none": 80, "simclr": 85, "vader": 86, "dvd_cl": 88, "mvd_cl": 87, "chexmask": 90,
-           "ssdcl": 89, "s_dvd_cl": 91, "s_mvd_cl": 92}
-    rows = [{"method": m, "DSC_mean": dsc[m], "DSC_std": 1.0, "DSC_NF_mean": 95.0, "DSC_NF_std": 0.5,
-             "DSC_PE_mean": dsc[m] - 5, "DSC_PE_std": 1.0} for m in FINETUNE_METHODS]
-    c = claims(pd.DataFrame(rows)).set_index("claim")["holds"]
-    assert c.all()
-    rows[1]["DSC_mean"] = 79.0  # SimCLR now worse than None
-    rows[5]["DSC_mean"] = 93.0  # CheXmask now beats S-MVD-CL
-    c = claims(pd.DataFrame(rows)).set_index("claim")["holds"]
-    assert not c["every pre-training beats None (DSC)"]
-    assert not c["S-MVD-CL beats CheXmask-supervised (DSC)"]
-    assert c["DVD-CL beats VADeR and SimCLR (DSC)"]
+    # 4 images: 2 healthy (DSC 0.9, 0.8) and 2 with effusion (0.6, 0.7); one empty prediction (HD95 inf).
+    t = pd.DataFrame({"dsc": [0.9, 0.8, 0.6, 0.7], "hd95": [1.0, 3.0, np.inf, 5.0], "asd": [0.5, 0.5, 1.0, 1.0],
+                      "effusion": [0, 0, 1, 1]})
+    row = table2_test({"dvd_cl": t}, n_boot=200).iloc[0]
+    assert row["n"] == 4 and row["name"] == "DVD-CL"
+    assert row["DSC_mean"] == pytest.approx(75.0) and row["DSC_NF_mean"] == pytest.approx(85.0)
+    assert row["DSC_PE_mean"] == pytest.approx(65.0)
+    assert row["HD95_mean"] == pytest.approx(3.0)  # the non-finite distance is left out
+    assert row["DSC_low"] <= 75.0 <= row["DSC_high"] and row["DSC_low"] >= 60.0 and row["DSC_high"] <= 90.0
+    assert row["DSC_paper"] == pytest.approx(92.76)
+
