@@ -37,7 +37,7 @@ from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint
+from cfcl.runs import Run, load_checkpoint, resume
 from cfcl.views import AugmentConfig, intensity, random_geometry, warp
 
 CHECKPOINT_NAME = "classifiers.pt"
@@ -162,10 +162,8 @@ def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, 
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         epoch, seconds = 0, 0.0
         last = run.path("last.pt")
-        if last.exists():
-            ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+        ck = resume(run, model=model, optimizer=opt)
+        if ck is not None:
             epoch, seconds = int(ck["epoch"]), float(ck.get("seconds", 0.0))
         train = load_split(profile, "pretrain")
         pa = parents_tensor(train.parents)

@@ -53,7 +53,7 @@ from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.models import build_model
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint
+from cfcl.runs import Run, load_checkpoint, resume
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile")
@@ -372,11 +372,8 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     start, seconds = 0, 0.0
     last = run.path("last.pt")
-    if last.exists():
-        ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+    ck = resume(run, model=net, optimizer=opt, scheduler=sched)
+    if ck is not None:
         start, seconds = int(ck["step"]), float(ck.get("seconds", 0.0))
 
     model: nn.Module = net

@@ -307,6 +307,20 @@ def load_checkpoint(path: str | os.PathLike, fix: str = "") -> dict[str, Any]:
                             + (f"; {fix}" if fix else "")) from None
 
 
+def resume(run: "Run", **stateful: Any) -> dict[str, Any] | None:
+    """Load the run's interrupted state (``last.pt``) into ``stateful`` (objects with ``load_state_dict``,
+    named as the checkpoint stores them, e.g. ``model=net, optimizer=opt``) and return the checkpoint for
+    its counters; None when there is no interrupted state (the run starts afresh). A damaged ``last.pt`` is
+    an :class:`ArtifactError` saying to delete it (the run then restarts)."""
+    last = run.path("last.pt")
+    if not last.exists():
+        return None
+    ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
+    for key, obj in stateful.items():
+        obj.load_state_dict(ck[key])
+    return ck
+
+
 def runs_under(root: Path, stage: str) -> list[dict[str, Any]]:
     """Manifests of every finished run of ``stage`` under ``root`` (for listings)."""
     out = []

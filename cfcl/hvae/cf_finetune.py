@@ -63,7 +63,7 @@ from cfcl.hvae.model import HVAE
 from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
 from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint
+from cfcl.runs import Run, load_checkpoint, resume
 
 CHECKPOINT_NAME = "hvae_cf.pt"
 #: Images the ELBO constraint ``eps`` is measured on (all of the split up to this many).
@@ -297,12 +297,8 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
 
     step, seconds, rows, eps = 0, 0.0, [], None
     last = run.path("last.pt")
-    if last.exists():
-        ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        lag_opt.load_state_dict(ck["lagrange_optimizer"])
+    ck = resume(run, model=model, ema=ema, optimizer=opt, lagrange_optimizer=lag_opt)
+    if ck is not None:
         with torch.no_grad():
             lmbda.copy_(ck["lambda"])
         step, seconds, eps = int(ck["step"]), float(ck["seconds"]), float(ck["eps"])

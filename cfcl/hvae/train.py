@@ -31,7 +31,7 @@ from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.hvae.model import HVAE
 from cfcl.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint
+from cfcl.runs import Run, load_checkpoint, resume
 
 WEIGHT_DECAY = 0.01
 WARMUP_STEPS = 100
@@ -172,11 +172,8 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
     gen = torch.Generator().manual_seed(profile.seed + 1)
     epoch, step, seconds, log_rows = 0, 0, 0.0, []
     last = run.path("last.pt")
-    if last.exists():
-        ck = load_checkpoint(last, fix=f"delete it to restart the run ({run.remake})")
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
+    ck = resume(run, model=model, ema=ema, optimizer=opt)
+    if ck is not None:
         gen.set_state(ck["rng"])
         epoch, step, seconds = int(ck["epoch"]), int(ck["step"]), float(ck.get("seconds", 0.0))
         if run.path("log.csv").exists():
