@@ -41,7 +41,7 @@ SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
 # The overrides a label was last run with: a changed SET for the same VARIANT reruns its notebooks.
 SETTINGS := $(NB)/.settings
 
-.PHONY: help install reproduce test unit unit-fast nbval realdata-smoke lab bench data hvae pretrain finetune \
+.PHONY: help install reproduce test unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
         clean-runs FORCE
 
 help: ## List the targets
@@ -121,9 +121,16 @@ realdata-smoke: | $(INSTALLED) ## The whole smoke pipeline on real-format files 
 
 test: unit nbval realdata-smoke ## Unit tests, every notebook under nbval, the real-data route (what CI runs)
 
-bench: | $(INSTALLED) ## Benchmarks (ratios, written to benchmarks/results/)
+bench: | $(INSTALLED) ## Benchmarks on CPU (ratios, written to benchmarks/results/)
 	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_network.py
 	$(PY) benchmarks/bench_pretrain.py
+
+bench-gpu: | $(INSTALLED) ## The paper profile on one GPU: images/s per method, peak memory, share of bf16 peak
+	$(PY) benchmarks/bench_gpu.py
+
+profile-step: | $(INSTALLED) ## Where one pre-training and one fine-tuning step spend their time (torch.profiler)
+	$(PY) benchmarks/profile_step.py --profile $(PROFILE)
 
 # Jupyter refuses to run as root without --allow-root; containers often run as root, where this is safe.
 lab: | $(INSTALLED) ## Open JupyterLab on the notebooks with the project's kernel
