@@ -107,6 +107,10 @@ def polar_hsv(points_in_disc: np.ndarray) -> np.ndarray:
     return hsv_to_rgb(hsv)
 
 
+#: umap-learn computes exact nearest neighbours below this many fitted points (``UMAP._small_data``).
+UMAP_SMALL_DATA = 4096
+
+
 def umap_2d(features: np.ndarray, n_fit: int = 5000, n_neighbors: int = 30, seed: int = 0,
             metric: str = "cosine", min_dist: float = 0.1, chunk: int = 50_000,
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -128,18 +132,34 @@ def umap_2d(features: np.ndarray, n_fit: int = 5000, n_neighbors: int = 30, seed
         fit_index = np.sort(np.random.default_rng(seed).choice(m, size=n_fit, replace=False))
     else:
         fit_index = np.arange(m)
+    # Below umap's small-data size it computes exact distances to the fitted points through a per-pair
+    # Python callable (minutes for a few thousand pixels); the same distances from umap's compiled loop,
+    # passed as metric="precomputed", give bitwise the same UMAP in seconds.
+    exact = metric == "cosine" and len(fit_index) < UMAP_SMALL_DATA
+    fitted = x[fit_index]
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(fit_index) - 1), min_dist=min_dist,
-                        metric=metric, random_state=seed)
+                        metric="precomputed" if exact else metric, random_state=seed)
     coords = np.empty((m, 2), dtype=np.float64)
     rest = np.setdiff1d(np.arange(m), fit_index)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
-        coords[fit_index] = reducer.fit_transform(x[fit_index])
-        for start in tqdm(range(0, rest.size, chunk), desc="UMAP transform",
+        warnings.filterwarnings("ignore", message=".*precomputed metric.*")
+        coords[fit_index] = reducer.fit_transform(_cosine_distances(fitted, fitted) if exact else fitted)
+        step = min(chunk, 8192) if exact else chunk  # a chunk's distance block stays under ~270 MB
+        for start in tqdm(range(0, rest.size, step), desc="UMAP transform",
                           disable=not progress or rest.size == 0):
-            idx = rest[start:start + chunk]
-            coords[idx] = reducer.transform(x[idx])
+            idx = rest[start:start + step]
+            coords[idx] = reducer.transform(_cosine_distances(x[idx], fitted) if exact else x[idx])
     return coords, fit_index
+
+
+def _cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """umap's own cosine distances between the rows of ``a`` and ``b``, computed in one compiled loop
+    (``umap.distances.pairwise_special_metric``) and cast to float32 as its per-pair path returns them:
+    bitwise the matrix umap computes itself, so the embedding is identical (tests/test_chromap.py)."""
+    from umap.distances import pairwise_special_metric
+
+    return pairwise_special_metric(np.asarray(a, np.float32), np.asarray(b, np.float32), metric="cosine").astype(np.float32)
 
 
 def colour_coords(coords: np.ndarray, fit_index: np.ndarray | None = None) -> np.ndarray:
