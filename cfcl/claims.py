@@ -4,7 +4,7 @@ Each claim of the paper that compares pre-training methods becomes one or more c
 ``a - b`` on one per-image metric, in the direction the paper states. All contrasts of a table
 form one family: intervals at the Bonferroni level and Holm-adjusted p-values over the family
 (:func:`cfcl.stats.contrast_family`), and a verdict per contrast (``holds``, ``contradicted``,
-``inconclusive``). Estimates are in the metric's unit times 100 (DSC points, recall points).
+``inconclusive``: the interval and the Holm-adjusted Wilcoxon test must agree). Estimates are in the metric's unit times 100 (DSC points, recall points).
 
 The contrasts (``CLAIMS``):
 

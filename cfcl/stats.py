@@ -70,14 +70,18 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def verdict(ci_low: float, ci_high: float, direction: int = 1) -> str:
+def verdict(ci_low: float, ci_high: float, direction: int = 1, p: float | None = None,
+            alpha: float = 0.05) -> str:
     """``holds`` if the interval excludes 0 on the side of ``direction`` (+1: a > b claimed;
     -1: a < b claimed), ``contradicted`` if it excludes 0 on the other side, else
-    ``inconclusive``."""
+    ``inconclusive``. With ``p`` (the family-corrected p-value of the test), both must agree: an
+    interval that excludes 0 while ``p >= alpha`` is ``inconclusive``."""
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction}")
     lo, hi = direction * ci_low, direction * ci_high
     lo, hi = min(lo, hi), max(lo, hi)
+    if p is not None and not p < alpha:
+        return "inconclusive"
     if lo > 0:
         return "holds"
     if hi < 0:
@@ -106,8 +110,9 @@ def paired_contrast(a: np.ndarray, b: np.ndarray, level: float = 0.95, n_boot: i
 def contrast_family(pairs: Sequence[tuple[np.ndarray, np.ndarray, int]], alpha: float = 0.05,
                     n_boot: int = 10000, seed: int = 0) -> list[dict[str, float | str]]:
     """The planned contrasts of a family, each ``(a, b, direction)``: paired estimate, interval at
-    the Bonferroni level ``1 - alpha / k``, Wilcoxon p, Holm-adjusted p, verdict, and the smallest
-    effect the protocol detects at the corrected level."""
+    the Bonferroni level ``1 - alpha / k``, Wilcoxon p, Holm-adjusted p, verdict (the interval and
+    the Holm-adjusted Wilcoxon test must agree, :func:`verdict`), and the smallest effect the
+    protocol detects at the corrected level."""
     k = len(pairs)
     if k == 0:
         return []
@@ -116,9 +121,9 @@ def contrast_family(pairs: Sequence[tuple[np.ndarray, np.ndarray, int]], alpha: 
     for j, (a, b, direction) in enumerate(pairs):
         row: dict[str, float | str] = paired_contrast(a, b, level, n_boot, seed + j)
         row["detectable"] = detectable_effect(_paired(a, b), alpha / k)
-        row["verdict"] = verdict(float(row["ci_low"]), float(row["ci_high"]), direction)
         row["level"] = level
         rows.append(row)
-    for row, p in zip(rows, holm([float(r["p"]) for r in rows])):
+    for row, p, (_, _, direction) in zip(rows, holm([float(r["p"]) for r in rows]), pairs):
         row["p_holm"] = float(p)
+        row["verdict"] = verdict(float(row["ci_low"]), float(row["ci_high"]), direction, row["p_holm"], alpha)
     return rows

@@ -34,6 +34,18 @@ def test_wilcoxon_and_holm_against_hand_values():
     (-0.5, -0.1, -1, "holds"), (0.1, 0.5, -1, "contradicted")])
 def test_verdicts(lo, hi, direction, want):
     assert stats.verdict(lo, hi, direction) == want
+    assert stats.verdict(lo, hi, direction, p=0.01) == want  # the test agrees
+    assert stats.verdict(lo, hi, direction, p=0.2) == "inconclusive"  # the corrected test does not
+
+
+def test_interval_and_test_must_agree():
+    # A mean shift carried by a few large differences: the bootstrap interval of the mean excludes 0, but
+    # most differences are small and of both signs, so the signed-rank test does not reject.
+    d = np.r_[np.full(6, 3.0), np.tile([-0.1, 0.1], 47)]
+    lo, hi = stats.bootstrap_ci(d, level=0.95, n_boot=4000)
+    assert lo > 0 and stats.wilcoxon_p(d) > 0.05
+    row = stats.contrast_family([(d, np.zeros_like(d), 1)], n_boot=4000)[0]
+    assert row["ci_low"] > 0 and row["p_holm"] > 0.05 and row["verdict"] == "inconclusive"
 
 
 def test_family_uses_bonferroni_intervals_and_holm():
