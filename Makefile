@@ -100,11 +100,14 @@ reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIA
 	@echo "done: figures/$(LABEL)/ and $(NB)/"
 
 # --- tests ---
+# Two pytest workers (pytest-xdist) with one thread each, as for the notebooks: the tests are single-threaded
+# and independent (each has its own runs folder; each worker builds its own data cache).
+TEST_WORKERS ?= 2
 unit: | $(INSTALLED) ## Unit tests only
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 
-unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop; under 90 s on 2 cores)
-	$(PY) -m pytest tests -q -m "not slow"
+unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop)
+	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS)
 
 # nbval executes every notebook as it is (smoke defaults) and checks it runs clean; the smoke pipeline is
 # made first by `make reproduce PROFILE=smoke`, so each notebook verifies and reuses its runs.
