@@ -6,9 +6,12 @@
 # Variants: `make reproduce PROFILE=smoke VARIANT=oracle SET="pretrain.cf_source=oracle"` runs the whole
 # pipeline with the overrides, reusing every upstream run they do not touch, and writes its figures to
 # figures/smoke-oracle/. VARIANT names the overrides; one without the other is an error.
+# ONLY="none dvd_cl" restricts a run to those methods (pre-training, fine-tuning, Tables 1 and 2): the
+# real-data smoke run and the ablations' arms use it.
 PROFILE ?= cpu
 VARIANT ?=
 SET ?=
+ONLY ?=
 # Two cores: two notebooks side by side with one thread each beat one notebook with two threads.
 JOBS ?= 2
 export OMP_NUM_THREADS ?= 1
@@ -34,11 +37,16 @@ LABEL := $(PROFILE)$(if $(strip $(VARIANT)),-$(strip $(VARIANT)))
 NB := runs/$(LABEL)/notebooks
 PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
 # The method lists come from the registry (cfcl/methods.py is plain Python: no environment needed).
-METHODS := $(shell python3 -m cfcl.methods pretrain)
-PROPOSED := $(shell python3 -m cfcl.methods proposed)
-FT_METHODS := $(shell python3 -m cfcl.methods finetune)
+ALL_METHODS := $(shell python3 -m cfcl.methods finetune)
+ifneq ($(filter-out $(ALL_METHODS),$(ONLY)),)
+$(error ONLY="$(ONLY)": unknown method(s) $(filter-out $(ALL_METHODS),$(ONLY)); choose among $(ALL_METHODS))
+endif
+only = $(if $(strip $(ONLY)),$(filter $(ONLY),$(1)),$(1))
+METHODS := $(call only,$(shell python3 -m cfcl.methods pretrain))
+PROPOSED := $(call only,$(shell python3 -m cfcl.methods proposed))
+FT_METHODS := $(call only,$(ALL_METHODS))
 SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
-# The overrides a label was last run with: a changed SET for the same VARIANT reruns its notebooks.
+# The overrides (and ONLY) a label was last run with: a changed SET for the same VARIANT reruns its notebooks.
 SETTINGS := $(NB)/.settings
 
 .PHONY: help install reproduce test unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
@@ -58,7 +66,7 @@ $(INSTALLED): pyproject.toml
 
 $(SETTINGS): FORCE
 	@mkdir -p $(@D)
-	@echo '$(SET)' | cmp -s - $@ || echo '$(SET)' > $@
+	@echo '$(SET) | $(ONLY)' | cmp -s - $@ || echo '$(SET) | $(ONLY)' > $@
 
 # --- the paper, notebook by notebook (papermill; a failing notebook stops the run and names the cell) ---
 # Each notebook's wall time goes to $(NB)/.times/ (the stage timing table, figures/<label>/timings.csv).
@@ -84,18 +92,18 @@ $(NB)/04_finetune-none.ipynb: notebooks/04_finetune.ipynb $(NB)/00_data.ipynb
 $(NB)/04_finetune-%.ipynb: notebooks/04_finetune.ipynb $(NB)/03_pretrain-%.ipynb
 	$(call papermill,$<,-p method $*)
 $(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/03_pretrain-%.ipynb)
-	$(call papermill,$<,)
+	$(call papermill,$<,-p methods "$(ONLY)")
 $(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb)
-	$(call papermill,$<,)
+	$(call papermill,$<,-p methods "$(ONLY)")
 
 data: $(NB)/00_data.ipynb ## Make the data and its figures (notebook 00)
 hvae: $(NB)/02_counterfactuals.ipynb ## Train the HVAE, generate and score counterfactuals (01, 02)
 pretrain: $(METHODS:%=$(NB)/03_pretrain-%.ipynb) ## Pre-train all eight methods (03)
 finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, 5 folds each (04)
 
-reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIANT=name SET="k=v ...", JOBS=2)
+reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIANT=name SET="k=v ...", ONLY="methods", JOBS=2)
 	rm -rf $(NB)/.times
-	$(MAKE) -j$(JOBS) $(NB)/05_latent_space.ipynb $(NB)/06_results.ipynb
+	$(MAKE) -j$(JOBS) $(if $(PROPOSED),$(NB)/05_latent_space.ipynb) $(NB)/06_results.ipynb
 	$(PY) -m cfcl.outputs timings $(NB) $(LABEL)
 	@echo "done: figures/$(LABEL)/ and $(NB)/"
 
@@ -115,12 +123,16 @@ nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
 	$(MAKE) reproduce PROFILE=smoke VARIANT= SET=
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q
 
-# The real-data route (docs/real_data.md) on a fixture written in the exact real formats.
+# The real-data route (docs/real_data.md) on a fixture written in the exact real formats. Two rows suffice
+# there: what differs from the phantom is the data (readers, silver RLE masks, gold folder), and S-MVD-CL reads
+# all of it (counterfactuals of real images, silver labels, gold fine-tuning) beside None; every other method
+# runs on the same arrays in the smoke pipeline above.
 REAL_DIR ?= $(or $(TMPDIR),/tmp)/cfcl-realdata-fixture
+REAL_ONLY ?= none s_mvd_cl
 realdata-smoke: | $(INSTALLED) ## The whole smoke pipeline on real-format files (figures/smoke-real/)
 	rm -rf $(REAL_DIR)
 	$(PY) -m cfcl.data.fixture --out $(REAL_DIR) > $(REAL_DIR).settings
-	$(MAKE) reproduce PROFILE=smoke VARIANT=real SET="$$(tail -n 1 $(REAL_DIR).settings)"
+	$(MAKE) reproduce PROFILE=smoke VARIANT=real ONLY="$(REAL_ONLY)" SET="$$(tail -n 1 $(REAL_DIR).settings)"
 
 test: unit nbval realdata-smoke ## Unit tests, every notebook under nbval, the real-data route (what CI runs)
 

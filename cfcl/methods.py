@@ -107,6 +107,18 @@ def get(name: str, pretrained: bool = False) -> Method:
     return METHODS[name]
 
 
+def select(methods: str | list[str] | tuple[str, ...], among: tuple[str, ...] = FINETUNE_METHODS) -> tuple[str, ...]:
+    """The methods of ``among`` named in ``methods`` (a space- or comma-separated text, or a list), in
+    the registry's order; an empty text is all of ``among``. Unknown names are an error that lists the
+    choices; names of other lists (e.g. ``none`` where only the proposed methods apply) are dropped.
+    The notebooks' ``methods`` parameter (``make reproduce ONLY="none dvd_cl"``) goes through here."""
+    names = methods.replace(",", " ").split() if isinstance(methods, str) else list(methods)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; choose among {list(FINETUNE_METHODS)}")
+    return tuple(among) if not names else tuple(m for m in among if m in names)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python3 -m cfcl.methods pretrain|finetune|proposed``: the names, space-separated."""
     what = (argv if argv is not None else sys.argv[1:]) or ["finetune"]

@@ -91,6 +91,22 @@ def test_method_registry_is_the_one_source():
     assert out.stdout.split() == list(methods.PROPOSED)
 
 
+def test_method_subsets_keep_the_registry_order_and_refuse_unknown_names():
+    from cfcl.methods import FINETUNE_METHODS, PROPOSED, select
+
+    assert select("", FINETUNE_METHODS) == FINETUNE_METHODS
+    assert select("s_mvd_cl none", FINETUNE_METHODS) == ("none", "s_mvd_cl")
+    assert select("none,s_mvd_cl", PROPOSED) == ("s_mvd_cl",)  # none is not a proposed method
+    assert select(["dvd_cl"], PROPOSED) == ("dvd_cl",)
+    with pytest.raises(KeyError, match=r"unknown method.*dvdcl"):
+        select("none dvdcl")
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "reproduce", "PROFILE=smoke", "ONLY=none dvdcl"], capture_output=True,
+                         text=True, cwd=__import__("pathlib").Path(__file__).parents[1])
+    assert out.returncode != 0 and "unknown method(s) dvdcl" in out.stderr
+
+
 def test_paper_profile_is_the_paper():
     p = get_profile("paper")
     assert p.pretrain.encoder == "resnet50" and p.pretrain.pixels_per_view == 1000
