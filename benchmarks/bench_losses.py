@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reference_losses as ref  # noqa: E402
 import bench_ssdcl_memory  # noqa: E402
+import cfcl.losses as losses  # noqa: E402
 from cfcl.losses import (CHUNK_SIZE, DVDCL, MVDCL, SDVDCL, SMVDCL, SSDCL, STREAM_ABOVE,  # noqa: E402
                          DenseNTXent, SimCLR)
 from cfcl.paths import atomic_path  # noqa: E402
@@ -194,22 +195,36 @@ def bench_scaling(b: int, d: int, pixels: list[int], views: list[int], n_views: 
     return rows
 
 
+def _recomputing(fn):
+    """fn on the streaming path proper: the chunked path recomputing each chunk (KEEP_BELOW = 0)."""
+    def run(z):
+        saved, losses.KEEP_BELOW = losses.KEEP_BELOW, 0
+        try:
+            return fn(z)
+        finally:
+            losses.KEEP_BELOW = saved
+    return run
+
+
 def bench_paths(b: int, n: int, d: int, v: int, reps: int) -> list[str]:
-    """Every loss forced on the dense path (``stream_above=None``) and on the streaming path
-    (``stream_above=0``, default chunk), interleaved."""
+    """Every loss forced on the dense path (``stream_above=None``) and on the chunked path
+    (``stream_above=0``, default chunk), streaming (recomputing) and keeping, interleaved."""
     z, _ = _inputs(b, v, n, d)
     dense = _cases(b, v, n, d, stream_above=None)
-    stream = _cases(b, v, n, d, stream_above=0, chunk_size=CHUNK_SIZE)
+    chunked = _cases(b, v, n, d, stream_above=0, chunk_size=CHUNK_SIZE)
     rows = [f"Size as in section 1 (B={b}, N={n}, D={d}, V={v}), float32, {reps} interleaved repetitions "
-            f"(median). Streaming: chunks of {CHUNK_SIZE} rows. By default (`stream_above={STREAM_ABOVE}`) "
-            "every loss of this table takes the dense path (its sets have at most "
-            f"{max(v * n, b * 2 * n)} pixels).", "",
-            "| loss | pixels per set M | dense (ms) | streaming (ms) | streaming / dense |",
-            "|---|---:|---:|---:|---:|"]
+            f"(median). Chunks of {CHUNK_SIZE} rows; streaming recomputes each chunk in the backward, keeping "
+            f"reuses the row softmax of the forward (blocks of up to KEEP_BELOW = {losses.KEEP_BELOW} elements). "
+            f"By default (`stream_above={STREAM_ABOVE}`) sets of more than {STREAM_ABOVE} pixels take the "
+            "chunked path.", "",
+            "| loss | pixels per set M | default path | dense (ms) | streaming (ms) | keeping (ms) | "
+            "streaming / dense | keeping / dense |",
+            "|---|---:|---|---:|---:|---:|---:|---:|"]
     sizes = [2 * n, 2 * n, v * n, 2 * n, v * n, b * 2 * n]
-    for (name, (fd, *_)), (_, (fs, *_)), m in zip(dense.items(), stream.items(), sizes):
-        td, ts = _interleaved([fd, fs], z, reps)
-        rows.append(f"| {name} | {m} | {_ms(td)} | {_ms(ts)} | {ts / td:.2f} |")
+    for (name, (fd, *_)), (_, (fc, *_)), m in zip(dense.items(), chunked.items(), sizes):
+        td, ts, tk = _interleaved([fd, _recomputing(fc), fc], z, reps)
+        default = "dense" if m <= STREAM_ABOVE else "keeping"
+        rows.append(f"| {name} | {m} | {default} | {_ms(td)} | {_ms(ts)} | {_ms(tk)} | {ts / td:.2f} | {tk / td:.2f} |")
     return rows
 
 

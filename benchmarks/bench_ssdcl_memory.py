@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cfcl.losses as losses  # noqa: E402
 from cfcl.losses import CHUNK_SIZE, SSDCL, STREAM_ABOVE  # noqa: E402
 
 VIEWS, PIXELS, DIM = 2, 1000, 128  # the paper's SSDCL batch: B x 2 views x 1,000 pixels, D = 128
@@ -46,9 +47,20 @@ def _inputs(b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(b, VIEWS, PIXELS, DIM, generator=g), torch.randint(0, 3, (b, VIEWS, PIXELS), generator=g)
 
 
-def _loss(path: str, chunk: int) -> SSDCL:
-    """``path="dense"``: one similarity block whatever its size; ``"stream"``: always streamed."""
-    return SSDCL(stream_above=None) if path == "dense" else SSDCL(stream_above=0, chunk_size=chunk)
+def _loss(path: str, chunk: int):
+    """``path="dense"``: one similarity block whatever its size; ``"stream"``: always streamed
+    (recomputing each chunk in the backward: ``cfcl.losses.KEEP_BELOW = 0`` during the call)."""
+    if path == "dense":
+        return SSDCL(stream_above=None)
+    loss = SSDCL(stream_above=0, chunk_size=chunk)
+
+    def streamed(z, lab):
+        saved, losses.KEEP_BELOW = losses.KEEP_BELOW, 0
+        try:
+            return loss(z, lab)
+        finally:
+            losses.KEEP_BELOW = saved
+    return streamed
 
 
 def _status_mb() -> dict[str, float]:

@@ -27,27 +27,35 @@ Memory: the dense block and the streaming path (issue 10). The positive part is 
 ``M`` pixels of a contrast set (per-key sums); the denominator needs the log-sum-exp of each row
 of the ``(M, M)`` similarity block, and ``"batch"`` multiplies ``M`` by the batch size: SSDCL at
 the paper's batch (32 images x 2 views x 1,000 pixels) has M = 64,000, a 16 GB float32 block,
-kept again for the backward. Two computations of the same row log-sum-exp, chosen by the size of
-the set (``stream_above``, an argument of every loss and of :func:`multi_positive_nce`):
+kept again for the backward. Three computations of the same row log-sum-exp, chosen by the size of
+the set (``stream_above``, an argument of every loss and of :func:`multi_positive_nce`) and of the
+block (:data:`KEEP_BELOW`):
 
-- ``M <= stream_above`` (default :data:`STREAM_ABOVE` = 8192, which keeps exactly as before
-  every image-scope set of the paper's losses, 2N = 2,000 or V*N = 4,000 pixels, and SSDCL up to
-  4 images x 2 views x 1,000 pixels, or the cpu profile's 8 x 2 x 256): one matmul for the dense
-  ``(G, M, M)`` block, ``torch.logsumexp`` and autograd; memory ``O(G M^2)``.
+- ``M <= stream_above`` (default :data:`STREAM_ABOVE` = 1024: every image-scope set of the `cpu`
+  profile, 2N = 512 or V*N = 1,024 pixels): one matmul for the dense ``(G, M, M)`` block,
+  ``torch.logsumexp`` and autograd; memory ``O(G M^2)``.
 - ``M > stream_above``: :class:`_StreamingLSE`, a custom autograd Function, computes the block
-  in chunks of ``chunk_size`` rows (default :data:`CHUNK_SIZE` = 256) into one reused
-  ``(G, chunk_size, M)`` buffer, keeps only the normalised embeddings and the row log-sum-exp,
-  and its backward recomputes each chunk: with ``P`` the row softmax (self excluded) and ``g``
-  the incoming gradient, the gradient w.r.t. the normalised ``z`` is ``(W + W^T) z`` with
-  ``W = g[:, None] * P / tau``, accumulated chunk by chunk. Memory ``O(G chunk_size M + M D)``:
-  linear in the pixels for a fixed chunk.
+  in chunks of ``chunk_size`` rows (default :data:`CHUNK_SIZE` = 256); with ``P`` the row softmax
+  (self excluded) and ``g`` the incoming gradient, the gradient w.r.t. the normalised ``z`` is
+  ``(W + W^T) z`` with ``W = g[:, None] * P / tau``, accumulated chunk by chunk. While the whole
+  block of the G sets has at most :data:`KEEP_BELOW` elements (2^26, 256 MB in float32: SSDCL at the
+  `cpu` profile, 8 x 2 x 256 = 4,096 pixels; the paper's image-scope sets at small batches) it keeps ``P`` chunk
+  by chunk and the backward reuses it ("keeping": memory ``O(G M^2)`` as dense, without autograd's
+  temporaries); above, it keeps only the normalised embeddings and the row log-sum-exp and the
+  backward recomputes each chunk into one reused ``(G, chunk_size, M)`` buffer ("streaming":
+  memory ``O(G chunk_size M + M D)``, linear in the pixels for a fixed chunk).
 
-Both give the same value and gradient (``tests/test_losses.py``: both paths against the float64
-loop references to 1e-5, ``gradcheck`` of the Function, dense vs streaming at M = 2,000, D = 128,
-and no tensor larger than ``chunk_size x M`` is created on the streaming path). The streaming
-path costs one more matmul (the recomputation), but on CPU it is still faster than the dense
-block once that block holds more than about 10^7 entries (no ``G M^2`` temporaries to allocate
-and fault in; slightly slower below, where the dense path is the default anyway). Measured on
+All three give the same value and gradient (``tests/test_losses.py``: every path against the
+float64 loop references to 1e-5, ``gradcheck`` of the Function keeping and recomputing, dense vs
+chunked at M = 2,000, D = 128, and no tensor larger than ``chunk_size x M`` is created on the
+streaming path). On CPU (one thread, float32, forward + backward of the row log-sum-exp, D = 128,
+median of 5; the keeping path was added for issue 10) keeping / dense is 0.61 (G=8, M=512), 0.54
+(8, 1,024), 0.57 (1, 4,096), 0.43 (8, 2,000), 0.88 (4, 1,000); streaming / dense 0.62-0.78 on the
+same sizes and 1.14 at (4, 1,000): the dense path loses to its ``G M^2`` temporaries (allocated,
+faulted in, passed over several times), which the row chunks keep in cache. The default
+threshold keeps the `cpu` profile's image-scope losses (under 3 % of a step) on the dense path of
+the committed `figures/cpu` runs: another path changes the round-off, hence the trained models.
+Streaming, measured on
 CPU, one thread, float32, forward + backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1
 python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
 RSS of a fresh process per configuration, minus its RSS before the loss call):
@@ -81,13 +89,18 @@ __all__ = [
     "NEGATIVE_SCOPES",
     "CHUNK_SIZE",
     "STREAM_ABOVE",
+    "KEEP_BELOW",
 ]
 
 NEGATIVE_SCOPES = ("image", "batch")
 CHUNK_SIZE = 256
 """Rows of the similarity block per chunk on the streaming path (default)."""
-STREAM_ABOVE = 8192
-"""Contrast sets of more pixels than this stream their similarity block (default)."""
+STREAM_ABOVE = 1024
+"""Contrast sets of more pixels than this take the chunked path (default)."""
+KEEP_BELOW = 2 ** 26
+"""The chunked path keeps the row softmax (no recomputation in the backward) while the whole block of
+the G sets has at most this many elements (2^26: 256 MB in float32); above, it recomputes (linear memory).
+Read at each call: set ``cfcl.losses.KEEP_BELOW = 0`` for linear memory at every size."""
 
 
 class _StreamingLSE(torch.autograd.Function):
@@ -117,34 +130,43 @@ class _StreamingLSE(torch.autograd.Function):
         return sim
 
     @staticmethod
-    def forward(ctx, zn: Tensor, temperature: float, chunk_size: int) -> Tensor:
+    def forward(ctx, zn: Tensor, temperature: float, chunk_size: int, keep: bool = False) -> Tensor:
         g, m, _ = zn.shape
         c = min(chunk_size, m)
         lse, buf = zn.new_empty(g, m), zn.new_empty(g, c, m)
+        keep = keep and not torch.is_autocast_enabled(zn.device.type)
+        soft = []  # keep: the row softmax P, one (G, C, M) tensor per chunk
         for r0 in range(0, m, c):
             r1 = min(r0 + c, m)
-            sim = _StreamingLSE._chunk(zn, r0, r1, temperature, buf)
+            sim = _StreamingLSE._chunk(zn, r0, r1, temperature, zn.new_empty(g, r1 - r0, m) if keep else buf)
             top = sim.amax(-1, keepdim=True)  # finite: a row has M - 1 >= 1 finite entries
-            lse[:, r0:r1] = sim.sub_(top).exp_().sum(-1).log_() + top.squeeze(-1)  # in place
-        ctx.save_for_backward(zn, lse)
+            total = sim.sub_(top).exp_().sum(-1, keepdim=True)  # in place: exp(S - max)
+            lse[:, r0:r1] = total.log().squeeze(-1) + top.squeeze(-1)
+            if keep:
+                soft.append(sim.div_(total))  # P of these rows, kept for the backward (still in cache)
+        ctx.save_for_backward(zn, lse, *soft)
         ctx.temperature, ctx.chunk_size = temperature, c
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse: Tensor):
-        zn, lse = ctx.saved_tensors
+        zn, lse, *kept = ctx.saved_tensors
         tau, c = ctx.temperature, ctx.chunk_size
         g, m, _ = zn.shape
         grad, buf = torch.zeros_like(zn), zn.new_empty(g, c, m)
         w_row = grad_lse.to(zn.dtype) / tau  # (G, M)
         for r0 in range(0, m, c):
             r1 = min(r0 + c, m)
-            w = _StreamingLSE._chunk(zn, r0, r1, tau, buf)
-            w.sub_(lse[:, r0:r1, None]).exp_().mul_(w_row[:, r0:r1, None])  # W_r = g * P / tau
+            if kept:  # W_r = g * P / tau from the kept P (which stays intact: a second backward reads it)
+                w = torch.mul(kept[r0 // c], w_row[:, r0:r1, None],
+                              out=buf.view(-1)[:g * (r1 - r0) * m].view(g, r1 - r0, m))
+            else:  # recompute the chunk: W_r = g * P / tau
+                w = _StreamingLSE._chunk(zn, r0, r1, tau, buf)
+                w.sub_(lse[:, r0:r1, None]).exp_().mul_(w_row[:, r0:r1, None])
             grad[:, r0:r1].baddbmm_(w, zn)  # the chunk's rows as anchors
             grad.baddbmm_(w.transpose(1, 2), zn[:, r0:r1])  # ... and in the others' denominators
-        return grad, None, None
+        return grad, None, None, None
 
 
 def _row_lse(z: Tensor, temperature: float, chunk_size: int, stream_above: int | None) -> Tensor:
@@ -157,7 +179,8 @@ def _row_lse(z: Tensor, temperature: float, chunk_size: int, stream_above: int |
             sim = sim.to(z.dtype)  # autocast may have run the matmul in half precision
         sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self is not in the denominator
         return torch.logsumexp(sim, dim=-1)  # (G, M), stable
-    return _StreamingLSE.apply(z, temperature, chunk_size)
+    g, m, _ = z.shape
+    return _StreamingLSE.apply(z, temperature, chunk_size, g * m * m <= KEEP_BELOW)
 
 
 def _check_chunking(chunk_size: int, stream_above: int | None) -> tuple[int, int | None]:

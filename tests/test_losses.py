@@ -11,9 +11,19 @@ from cfcl.losses import DVDCL, MVDCL, SDVDCL, SMVDCL, SSDCL, VADeR, DenseNTXent,
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 SCOPES = ("image", "batch")
-# the two computations of the similarity block's log-sum-exp: the dense (G, M, M) block, and the
-# streaming path in row chunks (chunk 3 does not divide the set sizes: partial last chunks too)
-PATHS = {"dense": dict(stream_above=None), "stream": dict(stream_above=0, chunk_size=3)}
+# the three computations of the similarity block's log-sum-exp: the dense (G, M, M) block, and the
+# chunked path in row chunks (chunk 3 does not divide the set sizes: partial last chunks too), which
+# recomputes each chunk in the backward ("stream", losses.KEEP_BELOW = 0: set by the fixture below) or
+# keeps the row softmax ("keep", the default for blocks of up to KEEP_BELOW elements)
+PATHS = {"dense": dict(stream_above=None), "stream": dict(stream_above=0, chunk_size=3),
+         "keep": dict(stream_above=0, chunk_size=3)}
+
+
+@pytest.fixture(autouse=True)
+def _recompute_on_the_stream_path(request, monkeypatch):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("path") == "stream":
+        monkeypatch.setattr(losses, "KEEP_BELOW", 0)
 
 
 def _rand(*shape, seed=0):
@@ -262,15 +272,26 @@ def test_streaming_lse_gradcheck(chunk):
     """The custom autograd Function alone (G=2 sets of 7 pixels; chunks dividing 7 or not, or
     larger than the set) passes torch's numerical gradient check."""
     z = _rand(2, 7, 3, seed=40).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: losses._StreamingLSE.apply(F.normalize(x, dim=-1), 0.3, chunk), (z,))
+    for keep in (False, True):
+        assert torch.autograd.gradcheck(lambda x: losses._StreamingLSE.apply(F.normalize(x, dim=-1), 0.3, chunk, keep),
+                                        (z,))
 
 
 def _dense_vs_stream(make, z, *args, chunk):
-    a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
-    va, vb = make(stream_above=None)(a, *args), make(stream_above=0, chunk_size=chunk)(b, *args)
-    ga, gb = torch.autograd.grad(va, a), torch.autograd.grad(vb, b)
-    torch.testing.assert_close(vb, va, **TOL)
-    torch.testing.assert_close(gb[0], ga[0], **TOL)
+    """Value and gradient of the dense path against the chunked path, recomputing and keeping."""
+    a = z.clone().requires_grad_(True)
+    va = make(stream_above=None)(a, *args)
+    ga = torch.autograd.grad(va, a)
+    for keep_below in (0, losses.KEEP_BELOW):
+        b = z.clone().requires_grad_(True)
+        saved, losses.KEEP_BELOW = losses.KEEP_BELOW, keep_below
+        try:
+            vb = make(stream_above=0, chunk_size=chunk)(b, *args)
+            gb = torch.autograd.grad(vb, b)
+        finally:
+            losses.KEEP_BELOW = saved
+        torch.testing.assert_close(vb, va, **TOL)
+        torch.testing.assert_close(gb[0], ga[0], **TOL)
 
 
 @pytest.mark.parametrize("chunk", [97, 256, 2000])
@@ -303,14 +324,16 @@ def test_path_choice_by_set_size(monkeypatch):
     assert calls == []
     multi_positive_nce(z, keys, None, 0.1, 5, stream_above=9)
     assert calls == [(2, 10, 4)]
-    assert losses.STREAM_ABOVE >= 6000  # MVD-CL, 6 views x 1,000 pixels: dense by default
+    # the cpu profile's image-scope sets (4 views x 256 pixels) stay dense, SSDCL's batch set (8 x 2 x 256) not
+    assert 1024 <= losses.STREAM_ABOVE < 4096
     assert SSDCL().stream_above == losses.STREAM_ABOVE and SSDCL().chunk_size == losses.CHUNK_SIZE
 
 
-def test_streaming_keeps_no_square_block():
-    """Memory: on the streaming path no tensor the autograd graph keeps and no tensor any op
-    creates (forward or backward) has more than ``chunk_size * M`` elements; the dense path
-    keeps the ``M x M`` block."""
+def test_streaming_keeps_no_square_block(monkeypatch):
+    """Memory: on the streaming path (``KEEP_BELOW = 0``) no tensor the autograd graph keeps and no
+    tensor any op creates (forward or backward) has more than ``chunk_size * M`` elements; the dense
+    path keeps the ``M x M`` block; the keeping path keeps ``M / chunk_size`` chunks, none larger."""
+    monkeypatch.setattr(losses, "KEEP_BELOW", 0)
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Largest(TorchDispatchMode):
@@ -334,6 +357,11 @@ def test_streaming_keeps_no_square_block():
             SSDCL(**kw)(x, lab).backward()
         assert max(saved) <= limit and Largest.largest <= limit
         assert (max(saved) == m * m) == (kw["stream_above"] is None)
+    monkeypatch.setattr(losses, "KEEP_BELOW", m * m)  # keeping: the block, in chunks of chunk x M
+    saved, Largest.largest = [], 0
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t), Largest():
+        SSDCL(stream_above=0, chunk_size=chunk)(z.clone().requires_grad_(True), lab).backward()
+    assert max(saved) == chunk * m and saved.count(chunk * m) == m // chunk and Largest.largest <= chunk * m
 
 
 def test_streaming_under_autocast():
