@@ -144,6 +144,12 @@ class PretrainConfig:
                              doc="image: negatives from the same image's views; batch: whole batch")
     cf_source: str = setting("hvae", choices=CF_SOURCES,
                              doc="hvae (paper), oracle (phantom's exact counterfactuals), identity (x itself)")
+    cf_gain: float = setting(1.0, lo=0.0, hi=1.0,
+                             doc="counterfactual views x + g (cf - x): 1 the counterfactuals (paper), 0 x itself "
+                                 "(the dose ablation)")
+    labels: str = setting("silver", choices=("silver", "gold"),
+                          doc="masks of the supervised pre-training: silver (CheXmask, paper) or gold (the "
+                              "labels ablation; the phantom has gold masks for every image)")
     checkpoint_every: int = setting(100, lo=1)
     num_workers: int = setting(0, lo=0)
     compile: bool = setting(False, doc="torch.compile the network (inductor; never changes the run's key). "
@@ -426,6 +432,9 @@ def validate(profile: Profile) -> Profile:
     if lt.umap_neighbors >= lt.n_images * lt.pixels_per_image:
         raise SettingError(f"setting latent.umap_neighbors: must be below the number of sampled pixels "
                            f"({lt.n_images * lt.pixels_per_image}), got {lt.umap_neighbors}")
+    if d.source == "padchest" and p.labels == "gold":
+        raise SettingError("setting pretrain.labels: real data has gold masks for the annotated images only; "
+                           "pre-training reads silver masks (pretrain.labels='silver')")
     if d.source == "padchest" and p.cf_source == "oracle":
         raise SettingError("setting pretrain.cf_source: real data (data.source='padchest') has no exact "
                            "counterfactuals; use 'hvae' (or 'identity')")

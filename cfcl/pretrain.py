@@ -11,7 +11,9 @@ the active views: anchor + target for the dual-view losses, all views for the mu
 silver mask at its original location, so all views of a point share its label.
 
 Counterfactual views come from :func:`cfcl.counterfactuals.get_counterfactuals`
-(``pretrain.cf_source``: ``hvae`` by default, ``oracle`` for the phantom's exact ones).
+(``pretrain.cf_source``: ``hvae`` by default, ``oracle`` for the phantom's exact ones, ``identity`` for x
+itself), mixed with x as ``x + g (cf - x)`` by ``pretrain.cf_gain`` (1: the counterfactuals; the dose
+ablation). ``pretrain.labels``: the supervised methods read silver masks (paper) or, on the phantom, gold.
 
 Training: AdamW, linear warm-up then cosine decay, bf16 autocast on GPU, an atomic checkpoint
 (``last.pt``) every ``checkpoint_every`` steps; a resumed run ends with the same weights as an
@@ -20,8 +22,10 @@ uninterrupted one on CPU because every random draw of step ``k`` comes from a ge
 pay on CPU, ``benchmarks/results/network.md``; ``benchmarks/bench_gpu.py`` measures it on a GPU). Each
 method's pre-training is one run of the run layer (:mod:`cfcl.runs`):
 ``runs/<profile>/pretrain/<method>-<key>/`` with ``model.pt`` and ``losses.csv``; the key covers
-the method, the pre-training settings (``cf_source`` only for the counterfactual methods;
-``checkpoint_every``, ``num_workers`` and ``compile`` never), the seed, the data and, with HVAE views, the
+the method, the pre-training settings (``cf_source`` and ``cf_gain`` only for the counterfactual methods,
+``labels`` only for the supervised ones, ``cf_gain`` and ``labels`` only away from their neutral values 1 and
+"silver" so that runs made before they existed stay valid; ``checkpoint_every``, ``num_workers`` and
+``compile`` never), the seed, the data and, with HVAE views, the
 counterfactual run. It never makes its upstream: missing counterfactuals are an error naming the
 command that makes them. Multi-GPU / multi-node through torch.distributed (``torchrun``, DDP): every rank
 builds the same global batch and keeps its share, so the loss with ``negatives="image"`` equals
@@ -57,6 +61,7 @@ from cfcl.runs import Run, load_checkpoint, resume
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile")
+ADDED_LATER = {"cf_gain": 1.0, "labels": "silver"}
 
 
 def make_loss(method: Method, profile: Profile) -> nn.Module | None:
@@ -79,7 +84,11 @@ class PretrainData:
                  cf: np.ndarray | None = None) -> None:
         split = split if split is not None else load_split(profile, "pretrain")
         self.images = split.images
-        self.silver = split.silver
+        self.silver = split.silver if profile.pretrain.labels == "silver" else split.gold
+        if self.silver is None:
+            raise ValueError(f"pretrain.labels={profile.pretrain.labels!r}: the pre-training split of data source "
+                             f"{profile.data.source!r} has no such masks")
+        self.gain = profile.pretrain.cf_gain
         self.cf = cf
         if get(method, pretrained=True).views == "cf" and cf is None:
             from cfcl.counterfactuals import get_counterfactuals
@@ -95,6 +104,8 @@ class PretrainData:
         x = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32) / 255.0)  # (B, H, W)
         if spec.views == "cf":
             cf = torch.from_numpy(np.asarray(self.cf[idx], dtype=np.float32) / 255.0)  # (B, 3, H, W)
+            if self.gain != 1.0:  # the dose ablation: x + g (cf - x)
+                cf = x[:, None] + self.gain * (cf - x[:, None])
             imgs = torch.cat([x[:, None], cf], dim=1)
         elif spec.views == "two":
             imgs = torch.stack([x, x], dim=1)
@@ -291,7 +302,10 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 def pretrain_run(profile: Profile, method: str) -> Run:
     """The pre-training run of ``method`` under ``profile`` (see the module docstring)."""
     spec = get(method, pretrained=True)
-    exclude = NOT_TRAINING + (() if spec.views == "cf" else ("cf_source",))
+    exclude = NOT_TRAINING + (() if spec.views == "cf" else ("cf_source", "cf_gain"))
+    exclude += (() if spec.supervised else ("labels",))
+    # Settings added after runs existed stay out of the key at their neutral value (those runs stay valid).
+    exclude += tuple(k for k, v in ADDED_LATER.items() if getattr(profile.pretrain, k) == v)
     settings = {"method": method, "pretrain": profile.section("pretrain", exclude=exclude), "seed": profile.seed}
     upstream = {"data": data_run(profile, "pretrain")}
     if spec.views == "cf" and profile.pretrain.cf_source == "hvae":

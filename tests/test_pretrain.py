@@ -287,3 +287,31 @@ def test_batch_indices_cover_an_epoch_without_repeats():
     seen = np.concatenate([pt.batch_indices(10, 2, s, seed=3) for s in range(5)])
     assert sorted(seen) == list(range(10))
     assert not np.array_equal(pt.batch_indices(10, 2, 0, 3), pt.batch_indices(10, 2, 5, 3))
+
+
+def test_cf_gain_mixes_the_views_and_labels_choose_the_masks():
+    """``pretrain.cf_gain``: views x + g (cf - x) (g=1: the counterfactuals exactly, g=0: x itself);
+    ``pretrain.labels=gold``: the supervised methods read the split's gold masks; at their neutral values
+    neither enters a run's key (runs made before the settings existed stay valid)."""
+    split, cf = synthetic_split()
+    split = ChestSplit("pretrain", split.images, split.parents, split.silver, gold=(split.silver + 1) % 3)
+    spec, idx = pt.get("dvd_cl"), np.arange(3)
+    x = torch.from_numpy(split.images[idx].astype(np.float32) / 255)
+    c = torch.from_numpy(cf[idx].astype(np.float32) / 255)
+    for g in (1.0, 0.5, 0.0):
+        imgs = pt.PretrainData(small_profile(**{"pretrain.cf_gain": g}), "dvd_cl", split=split, cf=cf).batch(idx, spec)["images"]
+        torch.testing.assert_close(imgs[:, 0], x)
+        torch.testing.assert_close(imgs[:, 1:], x[:, None] + g * (c - x[:, None]), rtol=0, atol=1e-6)
+    assert torch.equal(imgs[:, 1:], x[:, None].expand_as(imgs[:, 1:]))  # g = 0: x itself, exactly
+    gold = pt.PretrainData(small_profile(**{"pretrain.labels": "gold"}), "chexmask", split=split)
+    assert np.array_equal(gold.batch(idx, pt.get("chexmask"))["silver"].numpy(), split.gold[idx])
+    base = small_profile()
+    for method in ("dvd_cl", "chexmask", "vader"):
+        assert pt.pretrain_run(small_profile(**{"pretrain.cf_gain": 1.0, "pretrain.labels": "silver"}), method).key == \
+            pt.pretrain_run(base, method).key
+    assert pt.pretrain_run(small_profile(**{"pretrain.cf_gain": 0.5}), "dvd_cl").key != pt.pretrain_run(base, "dvd_cl").key
+    assert pt.pretrain_run(small_profile(**{"pretrain.cf_gain": 0.5}), "chexmask").key == pt.pretrain_run(base, "chexmask").key
+    assert pt.pretrain_run(small_profile(**{"pretrain.labels": "gold"}), "chexmask").key != pt.pretrain_run(base, "chexmask").key
+    assert pt.pretrain_run(small_profile(**{"pretrain.labels": "gold"}), "dvd_cl").key == pt.pretrain_run(base, "dvd_cl").key
+    with pytest.raises(ValueError, match="pretrain.labels='gold'"):
+        pt.PretrainData(small_profile(**{"pretrain.labels": "gold"}), "chexmask", split=synthetic_split()[0])
