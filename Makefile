@@ -46,10 +46,12 @@ METHODS := $(call only,$(shell python3 -m cfcl.methods pretrain))
 PROPOSED := $(call only,$(shell python3 -m cfcl.methods proposed))
 FT_METHODS := $(call only,$(ALL_METHODS))
 SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
-# The overrides (and ONLY) a label was last run with: a changed SET for the same VARIANT reruns its notebooks.
+# The overrides a label was last run with: a changed SET for the same VARIANT reruns its notebooks; a
+# changed ONLY reruns the tables (05, 06).
 SETTINGS := $(NB)/.settings
+ONLY_FILE := $(NB)/.only
 
-.PHONY: help install reproduce test unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
+.PHONY: help install reproduce ablations test unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
         clean-runs FORCE
 
 help: ## List the targets
@@ -66,7 +68,10 @@ $(INSTALLED): pyproject.toml
 
 $(SETTINGS): FORCE
 	@mkdir -p $(@D)
-	@echo '$(SET) | $(ONLY)' | cmp -s - $@ || echo '$(SET) | $(ONLY)' > $@
+	@echo '$(SET)' | cmp -s - $@ || echo '$(SET)' > $@
+$(ONLY_FILE): FORCE
+	@mkdir -p $(@D)
+	@echo '$(ONLY)' | cmp -s - $@ || echo '$(ONLY)' > $@
 
 # --- the paper, notebook by notebook (papermill; a failing notebook stops the run and names the cell) ---
 # Each notebook's wall time goes to $(NB)/.times/ (the stage timing table, figures/<label>/timings.csv).
@@ -85,16 +90,21 @@ $(NB)/01_train_hvae.ipynb: notebooks/01_train_hvae.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,)
 $(NB)/02_counterfactuals.ipynb: notebooks/02_counterfactuals.ipynb $(NB)/01_train_hvae.ipynb
 	$(call papermill,$<,)
-$(NB)/03_pretrain-%.ipynb: notebooks/03_pretrain.ipynb $(NB)/02_counterfactuals.ipynb
+# Pre-training needs the HVAE's counterfactuals unless the views come from elsewhere (oracle, identity).
+CF_UPSTREAM := $(if $(filter pretrain.cf_source=oracle pretrain.cf_source=identity,$(SET)),$(NB)/00_data.ipynb,$(NB)/02_counterfactuals.ipynb)
+$(NB)/03_pretrain-%.ipynb: notebooks/03_pretrain.ipynb $(CF_UPSTREAM)
 	$(call papermill,$<,-p method $*)
 $(NB)/04_finetune-none.ipynb: notebooks/04_finetune.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,-p method none)
 $(NB)/04_finetune-%.ipynb: notebooks/04_finetune.ipynb $(NB)/03_pretrain-%.ipynb
 	$(call papermill,$<,-p method $*)
-$(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/03_pretrain-%.ipynb)
+$(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/03_pretrain-%.ipynb) $(ONLY_FILE)
 	$(call papermill,$<,-p methods "$(ONLY)")
-$(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb)
+$(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) $(ONLY_FILE)
 	$(call papermill,$<,-p methods "$(ONLY)")
+# Notebook 07 reads every arm's fine-tuned models (made by `make ablations`); it reruns whenever asked.
+$(NB)/07_ablations.ipynb: notebooks/07_ablations.ipynb FORCE | $(INSTALLED)
+	$(call papermill,$<,-p ablations "$(ABLATIONS)")
 
 data: $(NB)/00_data.ipynb ## Make the data and its figures (notebook 00)
 hvae: $(NB)/02_counterfactuals.ipynb ## Train the HVAE, generate and score counterfactuals (01, 02)
@@ -107,6 +117,17 @@ reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIA
 	$(PY) -m cfcl.outputs timings $(NB) $(LABEL)
 	@echo "done: figures/$(LABEL)/ and $(NB)/"
 
+# --- ablations only a phantom allows (cfcl/ablations.py): each arm is a variant restricted to the methods it
+# compares (their fine-tuned models, nothing else), then notebook 07 decides the contrasts. ---
+ABLATIONS ?=
+ablations: | $(INSTALLED) ## The ablations (ABLATIONS="dose labels ..."; all by default), then notebook 07
+	@mkdir -p $(NB)
+	$(PY) -m cfcl.ablations plan $(PROFILE) $(ABLATIONS) -- $(SET) $(if $(VARIANT),variant=$(VARIANT)) > $(NB)/.ablations
+	while IFS='|' read -r v s o; do \
+	  $(MAKE) -j$(JOBS) finetune PROFILE=$(PROFILE) VARIANT="$$v" SET="$$s" ONLY="$$o" || exit 1; \
+	done < $(NB)/.ablations
+	$(MAKE) $(NB)/07_ablations.ipynb
+
 # --- tests ---
 # Two pytest workers (pytest-xdist) with one thread each, as for the notebooks: the tests are single-threaded
 # and independent (each has its own runs folder; each worker builds its own data cache).
@@ -118,9 +139,12 @@ unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop)
 	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS)
 
 # nbval executes every notebook as it is (smoke defaults) and checks it runs clean; the smoke pipeline is
-# made first by `make reproduce PROFILE=smoke`, so each notebook verifies and reuses its runs.
+# made first by `make reproduce PROFILE=smoke` (and one ablation, the cheapest: two pre-trainings and two
+# fine-tunings), so each notebook verifies and reuses its runs.
+NBVAL_ABLATIONS ?= labels
 nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
-	$(MAKE) reproduce PROFILE=smoke VARIANT= SET=
+	$(MAKE) reproduce PROFILE=smoke VARIANT= SET= ONLY=
+	$(MAKE) ablations PROFILE=smoke VARIANT= SET= ONLY= ABLATIONS="$(NBVAL_ABLATIONS)"
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q
 
 # The real-data route (docs/real_data.md) on a fixture written in the exact real formats. Two rows suffice

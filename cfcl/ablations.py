@@ -14,12 +14,29 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   counterfactuals so the HVAE is not retrained per arm; DVD-CL against VADeR and None on the rare cell
   (effusion on ImagingDynamics scanners), where confounded augmentation should help most;
 - ``labels``: silver (CheXmask-like) against gold labels for CheXmask-supervised pre-training and
-  S-MVD-CL: the cost of silver labels.
+  S-MVD-CL: the cost of silver labels;
+- ``length``: DVD-CL with exact counterfactuals after a third of, as many as, and three times the
+  profile's pre-training steps (100, 300, 900 at `cpu`) against None: the pre-training-length curve
+  the profile's length is chosen from.
+
+Arms with the same overrides are one run (the dose's g=0 is the ``identity`` source: x itself; g=1 is
+``oracle``), and an arm without overrides is the profile's own run. Each arm's runs go under
+``runs/<profile>/`` like every run (keyed by their settings), its executed notebooks under
+``runs/<profile>-abl-<ablation>-<arm>/notebooks/``.
+
+Statistics (:func:`contrasts`): per contrast the paired per-image difference on the held-out test
+split (restricted to ``cell`` where given), on DSC, DSC of the effusion images and the hidden-lung
+recall, each ablation one family (intervals at the Bonferroni level, Holm-adjusted Wilcoxon p,
+verdicts as for the claims, :func:`cfcl.stats.contrast_family`). Direction: ``a`` is expected ahead.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # plain Python at import: the Makefile asks `python3 -m cfcl.ablations plan`
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,7 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              tuple((m, a, m, b) for m in ("dvd_cl", "s_mvd_cl")
                    for a, b in (("hvae", "identity"), ("oracle", "identity"), ("oracle", "hvae")))),
     Ablation("dose", "Dose-response: views x + g (exact - x)",
-             {"g0": "pretrain.cf_source=oracle pretrain.cf_gain=0", "g05": "pretrain.cf_source=oracle pretrain.cf_gain=0.5",
+             {"g0": "pretrain.cf_source=identity", "g05": "pretrain.cf_source=oracle pretrain.cf_gain=0.5",
               "g1": "pretrain.cf_source=oracle"},
              ("dvd_cl",), (("dvd_cl", "g05", "dvd_cl", "g0"), ("dvd_cl", "g1", "dvd_cl", "g0"),
                            ("dvd_cl", "g1", "dvd_cl", "g05"))),
@@ -57,7 +74,12 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("labels", "Silver against gold labels for supervised pre-training",
              {"silver": "", "gold": "pretrain.labels=gold"}, ("chexmask", "s_mvd_cl"),
              (("chexmask", "gold", "chexmask", "silver"), ("s_mvd_cl", "gold", "s_mvd_cl", "silver"))),
+    Ablation("length", "Pre-training length (DVD-CL, exact counterfactuals) against None",
+             {"third": "pretrain.cf_source=oracle pretrain.steps={steps_third}", "profile": "pretrain.cf_source=oracle",
+              "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}"},
+             ("none", "dvd_cl"), tuple(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple"))),
 )}
+METRICS = ("dsc", "dsc_pe", "hidden_recall")
 
 
 def arm_variant(ablation: str, arm: str) -> str:
@@ -65,25 +87,156 @@ def arm_variant(ablation: str, arm: str) -> str:
     return f"abl-{ablation}-{arm}"
 
 
-def make_plan(profile_overrides: str = "") -> list[tuple[str, str, str]]:
-    """``(variant, overrides, methods)`` of every arm that is not the default run, for the Makefile;
-    ``profile_overrides`` are prepended to every arm's overrides."""
-    out = []
+def _resolve(over: str, profile) -> str:
+    """An arm's overrides for ``profile``: ``{steps_third}`` and ``{steps_triple}`` become a third of and
+    three times the profile's pre-training steps."""
+    steps = profile.pretrain.steps
+    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps)
+
+
+def _arms(profile, names: list[str] | None = None) -> dict[str, tuple[str, set[str]]]:
+    """Distinct arms of the ``names`` ablations (all by default): resolved overrides -> (variant,
+    methods). An arm shared by several ablations is named after the first in the registry, whichever are
+    asked; under a variant of the profile, arms are ``<variant>-abl-...`` and the own run is the variant."""
+    prefix = f"{profile.variant}-" if profile.variant else ""
+    variants: dict[str, str] = {}
     for ab in ABLATIONS.values():
         for arm, over in ab.arms.items():
-            if over:
-                out.append((arm_variant(ab.name, arm), " ".join(x for x in (profile_overrides, over) if x),
-                            " ".join(ab.methods)))
+            variants.setdefault(_resolve(over, profile), prefix + arm_variant(ab.name, arm) if over else profile.variant)
+    out: dict[str, tuple[str, set[str]]] = {}
+    for ab in (ABLATIONS[n] for n in (names or ABLATIONS)):
+        for over in (_resolve(o, profile) for o in ab.arms.values()):
+            out[over] = (variants[over], out.get(over, ("", set()))[1] | set(ab.methods))
     return out
 
 
+def make_plan(profile, names: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """``(variant, overrides, methods)`` of every distinct arm of the ``names`` ablations under
+    ``profile`` (a :class:`cfcl.config.Profile`), for the Makefile; the profile's own run has its own
+    variant (``""`` by default) and overrides. Unknown names are an error listing the ablations."""
+    unknown = [n for n in names or () if n not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"unknown ablation(s) {unknown}; choose among {list(ABLATIONS)}")
+    from cfcl.methods import FINETUNE_METHODS
+
+    return [(variant, " ".join([*profile.overrides, *over.split()]),
+             " ".join(m for m in FINETUNE_METHODS if m in methods))
+            for over, (variant, methods) in _arms(profile, names).items()]
+
+
+def arm_profile(profile, ablation: str, arm: str):
+    """The profile of one arm: ``profile``'s overrides plus the arm's, under the arm's variant."""
+    from cfcl.config import get_profile
+
+    over = _resolve(ABLATIONS[ablation].arms[arm], profile)
+    return get_profile(profile.name, [*profile.overrides, *over.split()], _arms(profile)[over][0])
+
+
+def available(profile) -> tuple[list[str], dict[str, str]]:
+    """The ablations whose every (arm, method) has finished fine-tuning under ``profile``, and for the others
+    the command that makes them (notebook 07 without an explicit list reports those, it does not run them)."""
+    from cfcl.finetune import finetune_run
+
+    done, missing = [], {}
+    for name, ab in ABLATIONS.items():
+        if all(finetune_run(arm_profile(profile, name, arm), m).is_finished() for arm in ab.arms for m in ab.methods):
+            done.append(name)
+        else:
+            missing[name] = f"make ablations {profile.make_args()} ABLATIONS={name}"
+    return done, missing
+
+
+def per_image(profile, ablation: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per-image test metrics (:func:`cfcl.results.test_per_image`, mean over the fold models) of every
+    (method, arm) of ``ablation``, restricted to its ``cell``; an error names the command when an arm's
+    runs are missing."""
+    import numpy as np
+
+    from cfcl.data import load_split
+    from cfcl.results import changed_regions, test_per_image
+
+    ab = ABLATIONS[ablation]
+    out = {}
+    for arm in ab.arms:
+        prof = arm_profile(profile, ablation, arm)
+        regions = changed_regions(prof)
+        keep = None
+        if ab.cell is not None:
+            par = load_split(prof, "test").parents
+            keep = np.flatnonzero((par["scanner"].to_numpy() == ab.cell[0]) & (par["effusion"].to_numpy() == ab.cell[1]))
+        for m in ab.methods:
+            t = test_per_image(prof, m, regions)
+            out[(m, arm)] = t if keep is None else t.loc[t.index.intersection(keep)]
+    return out
+
+
+def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metrics: tuple[str, ...] = METRICS,
+              n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """The contrasts of ``ablation`` on per-image ``tables`` (:func:`per_image`), one family over all
+    contrasts x ``metrics`` (a metric a table lacks, or with fewer than 2 paired images, is left out).
+    Columns ``ablation``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high`` (x 100),
+    ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable``, ``sd``, ``level``."""
+    import numpy as np
+    import pandas as pd
+
+    from cfcl import stats
+    from cfcl.claims import _metric
+    from cfcl.methods import METHODS
+
+    ab = ABLATIONS[ablation]
+    kept, pairs = [], []
+    for metric in metrics:
+        for ma, arm_a, mb, arm_b in ab.contrasts:
+            ta, tb = tables[(ma, arm_a)], tables[(mb, arm_b)]
+            if metric != "dsc_pe" and (metric not in ta or metric not in tb):
+                continue
+            a, b = _metric(ta, metric), _metric(tb, metric)
+            both = a.index.intersection(b.index)
+            a, b = a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
+            ok = np.isfinite(a) & np.isfinite(b)
+            if ok.sum() < 2:
+                continue
+            kept.append((f"{METHODS[ma].display} [{arm_a}] - {METHODS[mb].display} [{arm_b}]", metric))
+            pairs.append((100 * a[ok], 100 * b[ok], 1))
+    rows = stats.contrast_family(pairs, n_boot=n_boot, seed=seed)
+    columns = ["ablation", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
+               "detectable", "sd", "level"]
+    return pd.DataFrame([{"ablation": ablation, "contrast": c, "metric": m, **r} for (c, m), r in zip(kept, rows)],
+                        columns=columns)
+
+
+def arm_means(tables: dict[tuple[str, str], pd.DataFrame], metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
+    """Mean per-image metric (x 100) of every (method, arm), with ``n`` test images."""
+    import numpy as np
+    import pandas as pd
+
+    from cfcl.claims import _metric
+
+    rows = []
+    for (m, arm), t in tables.items():
+        row = {"method": m, "arm": arm, "n": len(t)}
+        for metric in metrics:
+            if metric == "dsc_pe" or metric in t:
+                row[metric] = 100 * float(np.nanmean(_metric(t, metric))) if len(_metric(t, metric)) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python3 -m cfcl.ablations plan``: one line per arm to run, ``variant|overrides|methods``."""
+    """``python3 -m cfcl.ablations plan PROFILE [NAME ...] [-- OVERRIDES]``: one line per distinct arm to
+    run, ``variant|overrides|methods``."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "plan":
-        raise SystemExit("usage: python -m cfcl.ablations plan")
-    for variant, over, methods in make_plan(" ".join(args[1:])):
-        print(f"{variant}|{over}|{methods}")
+    if len(args) < 2 or args[0] != "plan":
+        raise SystemExit("usage: python -m cfcl.ablations plan PROFILE [NAME ...] [-- OVERRIDES [VARIANT]]")
+    from cfcl.config import get_profile
+
+    names, over = args[2:], []
+    if "--" in names:
+        names, over = names[:names.index("--")], names[names.index("--") + 1:]
+    variant = next((o[len("variant="):] for o in over if o.startswith("variant=")), "")
+    profile = get_profile(args[1], [o for o in over if not o.startswith("variant=")], variant)
+    for variant, overrides, methods in make_plan(profile, names or None):
+        print(f"{variant}|{overrides}|{methods}")
 
 
 if __name__ == "__main__":

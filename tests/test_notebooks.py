@@ -10,8 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.
 PARAMETERS = ("profile", "variant", "overrides")
 
 
-def test_the_seven_notebooks_are_there():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+def test_the_eight_notebooks_are_there():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
     assert not list(NOTEBOOKS[0].parent.glob("_make_*.py")), "notebooks have one source: the .ipynb files"
 
 
