@@ -16,8 +16,20 @@ sex and effusion must be read whatever the acquisition. A measuring stick is onl
 :func:`cfcl.counterfactuals.stick_gates`: the phantom's exact counterfactuals must read as
 counterfactual and x itself must not.
 
-One run of the run layer (:mod:`cfcl.runs`): ``runs/<profile>/classifiers/parents-<key>/classifiers.pt``,
-resumable per epoch.
+Two roles (``ROLES``), two runs. The **teacher** (``parents``) is trained on the factual images only, as
+the paper's predictors are, and teaches counterfactual fine-tuning. The **judge** (``judge``) measures
+every effectiveness figure: a model scored by the classifier it was trained to fool is scored too kindly
+(its counterfactuals can be adversarial to that classifier: the fine-tuned HVAE's do(effusion) reads as
+effusion to the teacher more often than the exact counterfactuals do), so the judge is a separate network,
+trained (same architecture, batches, augmentation and compute) on the factual images *and* their exact
+counterfactuals where the data source has them (the phantom: every image then shows each parent both
+ways, the rare effusion cell included), and never seen by the fine-tuning. Where the source has no exact
+counterfactuals (real data) the judge is trained on the factual images only, with a seed of its own: still
+independent of the teacher, but as weak; effectiveness figures are then flagged as unvalidated by the
+stick gates.
+
+One run of the run layer (:mod:`cfcl.runs`) per role: ``runs/<profile>/classifiers/<parents|judge>-<key>/
+classifiers.pt``, resumable per epoch.
 """
 from __future__ import annotations
 
@@ -125,8 +137,14 @@ class ParentClassifier(nn.Module):
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-def classifier_run(profile: Profile, width: int = 16, lr: float = 1e-3) -> Run:
-    """The parent predictors' run (``classifiers.pt``); its key covers the settings below and the data."""
+ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
+
+
+def classifier_run(profile: Profile, role: str = "teacher", width: int = 16, lr: float = 1e-3) -> Run:
+    """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see the
+    module docstring); its key covers the settings below and the data."""
+    if role not in ROLES:
+        raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
     hv = profile.hvae
     aug = hv.classifier_augment
     settings = dict(epochs=hv.classifier_epochs, batch_size=hv.batch_size, width=width, lr=lr,
@@ -135,12 +153,31 @@ def classifier_run(profile: Profile, width: int = 16, lr: float = 1e-3) -> Run:
                     photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
                                  else None),
                     image_size=profile.data.image_size, seed=profile.seed)
-    return Run("classifiers", "parents", settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
-               remake=f"python -m cfcl.classifiers {profile.cli()}  (or: make hvae {profile.make_args()})")
+    if role == "judge":  # the teacher's settings are unchanged (its runs stay valid)
+        settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
+    return Run("classifiers", ROLES[role], settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
+               remake=f"python -m cfcl.classifiers {profile.cli()}{' --role judge' if role == 'judge' else ''}"
+                      f"  (or: make hvae {profile.make_args()})")
 
 
-def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, lr: float = 1e-3) -> Run:
-    """Train the parent predictors on the factual pretrain split; return their run.
+def _training_pool(train, role: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """The images a predictor learns from and their parents: the factual images, and for the judge also
+    their exact counterfactuals (each with its intervened parents) where the source has them."""
+    images, parents = [np.asarray(train.images)], [train.parents[list(PARENTS)].reset_index(drop=True)]
+    if role == "judge" and train.counterfactuals is not None:
+        from cfcl.parents import intervene
+
+        cfs = np.asarray(train.counterfactuals)
+        for k, name in enumerate(INTERVENTIONS):
+            images.append(cfs[:, k])
+            parents.append(intervene(parents[0], name))
+    return np.concatenate(images), pd.concat(parents, ignore_index=True)
+
+
+def train_classifiers(profile: Profile, progress: bool = True, role: str = "teacher", width: int = 16,
+                      lr: float = 1e-3) -> Run:
+    """Train the parent predictors of ``role`` on the pretrain split (the judge: with the exact
+    counterfactuals where the source has them, :func:`_training_pool`); return their run.
 
     ``hvae.classifier_epochs`` epochs of AdamW, ``ceil(N / hvae.batch_size)`` batches per epoch,
     each balanced over the scanner x effusion cells (:func:`cell_batches`), augmented as
@@ -149,7 +186,7 @@ def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, 
     batch, whose scanner labels are left out) or ``"none"``. A finished run is verified and returned; an
     interrupted one resumes from ``last.pt`` (after every epoch).
     """
-    run = classifier_run(profile, width, lr)
+    run = classifier_run(profile, role, width, lr)
     if run.is_finished():
         return run.require()
     with run.claim():
@@ -157,7 +194,8 @@ def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, 
             return run.require()
         settings = run.settings
         started = time.perf_counter()
-        torch.manual_seed(profile.seed)
+        seed = profile.seed + settings.get("seed_offset", 0)
+        torch.manual_seed(seed)
         model = ParentClassifier(width)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         epoch, seconds = 0, 0.0
@@ -166,19 +204,20 @@ def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, 
         if ck is not None:
             epoch, seconds = int(ck["epoch"]), float(ck.get("seconds", 0.0))
         train = load_split(profile, "pretrain")
-        pa = parents_tensor(train.parents)
-        cells = 2 * train.parents["scanner"].to_numpy() + train.parents["effusion"].to_numpy()
+        images, parents = _training_pool(train, role)
+        pa = parents_tensor(parents)
+        cells = 2 * parents["scanner"].to_numpy() + parents["effusion"].to_numpy()
         bs = profile.hvae.batch_size
-        n_batches = math.ceil(len(train) / bs)
+        n_batches = math.ceil(len(train) / bs)  # the same compute per epoch for both roles
         bar = tqdm(total=(settings["epochs"] - epoch) * n_batches,
-                   desc=f"parent predictors [{profile.name}]", disable=not progress, leave=False)
+                   desc=f"parent predictors, {role} [{profile.name}]", disable=not progress, leave=False)
         while epoch < settings["epochs"]:
             model.train()
-            rng = np.random.default_rng([profile.seed, 7, epoch])
+            rng = np.random.default_rng([seed, 7, epoch])
             gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
             for idx in cell_batches(cells, bs, n_batches, rng):
                 idx = np.sort(idx)
-                x = to_model_space(train.images[idx])
+                x = to_model_space(images[idx])
                 weight = torch.ones(len(idx), len(PARENTS))
                 if settings["augment"] == "geometry":
                     x = augment(x, gen)
@@ -205,9 +244,10 @@ def train_classifiers(profile: Profile, progress: bool = True, width: int = 16, 
         return run
 
 
-def load_classifiers(profile: Profile) -> ParentClassifier:
-    """The trained parent predictors in eval mode (verified; an error names the command if missing)."""
-    ck = load_checkpoint(classifier_run(profile).require().artifact(CHECKPOINT_NAME))
+def load_classifiers(profile: Profile, role: str = "teacher") -> ParentClassifier:
+    """The trained parent predictors of ``role`` in eval mode (verified; an error names the command if
+    missing)."""
+    ck = load_checkpoint(classifier_run(profile, role).require().artifact(CHECKPOINT_NAME))
     model = ParentClassifier(**ck["model_config"])
     model.load_state_dict(ck["model"])
     return model.eval()
@@ -232,10 +272,11 @@ def classifier_metrics(probs: np.ndarray, parents: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def evaluate_classifiers(profile: Profile, split: str = "val", progress: bool = True) -> pd.DataFrame:
-    """Train (if needed) and score the parent predictors on the factual images of ``split``."""
-    train_classifiers(profile, progress=progress)
-    model = load_classifiers(profile)
+def evaluate_classifiers(profile: Profile, split: str = "val", progress: bool = True,
+                         role: str = "teacher") -> pd.DataFrame:
+    """Train (if needed) and score the parent predictors of ``role`` on the factual images of ``split``."""
+    train_classifiers(profile, progress=progress, role=role)
+    model = load_classifiers(profile, role)
     data = load_split(profile, split)
     return classifier_metrics(predict_parents(model, data.images), data.parents)
 
@@ -245,21 +286,24 @@ def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")
     split and, where the data has exact counterfactuals (the phantom), on those of every
     intervention, scored against the counterfactual parents. Columns ``split``, ``images``
     (``factual`` or ``do(<intervention>)``), ``parent``, ``accuracy``, ``roc_auc``, ``n``, ``positives``.
-    Needs the trained predictors (an error names the command)."""
+    A first column ``predictor`` names the role (teacher, judge). Needs the trained predictors (an error
+    names the command)."""
     from cfcl.parents import intervene
 
-    model = load_classifiers(profile)
     frames = []
-    for split in splits:
-        data = load_split(profile, split)
-        sets = [("factual", np.asarray(data.images), data.parents)]
-        if data.counterfactuals is not None:
-            cfs = np.asarray(data.counterfactuals)
-            sets += [(f"do({k})", cfs[:, i], intervene(data.parents, k)) for i, k in enumerate(INTERVENTIONS)]
-        for name, images, parents in sets:
-            frames.append(classifier_metrics(predict_parents(model, images), parents).assign(split=split, images=name))
+    for role in ROLES:
+        model = load_classifiers(profile, role)
+        for split in splits:
+            data = load_split(profile, split)
+            sets = [("factual", np.asarray(data.images), data.parents)]
+            if data.counterfactuals is not None:
+                cfs = np.asarray(data.counterfactuals)
+                sets += [(f"do({k})", cfs[:, i], intervene(data.parents, k)) for i, k in enumerate(INTERVENTIONS)]
+            for name, images, parents in sets:
+                frames.append(classifier_metrics(predict_parents(model, images), parents)
+                              .assign(predictor=role, split=split, images=name))
     out = pd.concat(frames, ignore_index=True)
-    return out[["split", "images", "parent", "accuracy", "roc_auc", "n", "positives"]]
+    return out[["predictor", "split", "images", "parent", "accuracy", "roc_auc", "n", "positives"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,9 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", default="")
+    parser.add_argument("--role", default="teacher", choices=list(ROLES),
+                        help="teacher: taught counterfactual fine-tuning; judge: measures effectiveness")
     args = parser.parse_args(argv)
-    run = train_classifiers(get_profile(args.profile, args.overrides, args.variant))
-    print(f"parent predictors: {run.folder}")
+    run = train_classifiers(get_profile(args.profile, args.overrides, args.variant), role=args.role)
+    print(f"parent predictors ({args.role}): {run.folder}")
 
 
 if __name__ == "__main__":

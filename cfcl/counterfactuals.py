@@ -198,7 +198,8 @@ DIRECTIONS = {"add": 0, "remove": 1}
 
 def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: list[np.ndarray],
                  null: np.ndarray | None, reverse: np.ndarray | None, oracle: np.ndarray | None,
-                 method: str, threshold: float = 0.1, p_x: np.ndarray | None = None) -> list[dict]:
+                 method: str, threshold: float = 0.1, p_x: np.ndarray | None = None,
+                 probs_teacher: list[np.ndarray] | None = None) -> list[dict]:
     """Quality rows of counterfactuals ``cf (N, 3, H, W)`` of ``x (N, H, W)``: one per intervention
     (``scanner``, ``effusion``, ``both``), then, for the interventions on effusion, one per direction
     (``effusion_add``, ``effusion_remove``, ``both_add``, ``both_remove``: the images without, resp.
@@ -214,7 +215,9 @@ def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: li
     factual value), ``sex_kept`` (share whose predicted sex is the one predicted on x: the
     untouched parent preserved, whatever the sex head's own accuracy), ``composition_mae`` and
     ``reversibility_mae`` (grey levels), and with an oracle ``oracle_mae``, ``oracle_psnr``,
-    ``oracle_ssim``, ``changed_dice``.
+    ``oracle_ssim``, ``changed_dice``. With ``probs_teacher`` (the same probabilities from the predictors
+    that taught counterfactual fine-tuning), ``effectiveness_teacher``: the effectiveness as the teacher
+    reads it (beside the judge's ``effectiveness``; the gap is what fine-tuning learnt to show the teacher).
     """
     pa = parents[list(PARENTS)].to_numpy().astype(int)
     comp = mae(null if null is not None else x, x)
@@ -229,6 +232,9 @@ def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: li
         keep = [j for j in range(len(PARENTS)) if j not in idx]
         per = dict(effectiveness=(pred[:, idx] == cf_pa[:, idx]).all(1).astype(float),
                    preservation=(pred[:, keep] == pa[:, keep]).all(1).astype(float))
+        if probs_teacher is not None:
+            per["effectiveness_teacher"] = ((probs_teacher[k] > 0.5).astype(int)[:, idx] == cf_pa[:, idx]).all(1) \
+                .astype(float)
         if p_x is not None:
             per["sex_kept"] = (pred[:, sex] == (p_x[:, sex] > 0.5)).astype(float)
         per["composition_mae"] = comp
@@ -249,7 +255,8 @@ def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: li
 
 
 def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, clf, p_x: np.ndarray,
-                oracle: np.ndarray | None, threshold: float, progress: bool, t: float, alpha: float) -> list[dict]:
+                oracle: np.ndarray | None, threshold: float, progress: bool, t: float, alpha: float,
+                teacher=None) -> list[dict]:
     """Quality rows of the counterfactual model of ``profile`` (generating its split if needed)."""
     from cfcl.classifiers import predict_parents
 
@@ -261,7 +268,9 @@ def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, 
     reverse = np.stack([counterfactual_images(model, cf[:, k], intervene(pa, name), pa, bs, t=t, alpha=alpha)
                         for k, name in enumerate(INTERVENTIONS)], 1)
     probs = [predict_parents(clf, cf[:, k]) for k in range(len(INTERVENTIONS))]
-    return quality_rows(x, data.parents, cf, probs, null, reverse, oracle, method, threshold, p_x=p_x)
+    taught = None if teacher is None else [predict_parents(teacher, cf[:, k]) for k in range(len(INTERVENTIONS))]
+    return quality_rows(x, data.parents, cf, probs, null, reverse, oracle, method, threshold, p_x=p_x,
+                        probs_teacher=taught)
 
 
 def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, progress: bool = True,
@@ -274,7 +283,9 @@ def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, prog
     returns ``x`` itself (its composition and reversibility are 0 by construction; its
     effectiveness shows how often the predictors already "see" the counterfactual parent on x);
     with exact counterfactuals (the phantom) ``"oracle"``: them, scored with the same predictors,
-    the measuring stick's own ceiling (see :func:`stick_gates`). MAE in grey levels; ``threshold``
+    the measuring stick's own ceiling (see :func:`stick_gates`). Effectiveness, preservation and sex
+    kept are read by the **judge** predictors (:mod:`cfcl.classifiers`: never seen by the fine-tuning),
+    ``effectiveness_teacher`` by the teacher that fine-tuning optimised. MAE in grey levels; ``threshold``
     (fraction of the 0..255 range, default 0.1 = 25.5 grey levels, above the phantom's detector
     noise) defines the changed regions for ``changed_dice``.
     Needs the counterfactual HVAE(s) and the parent predictors (errors name the commands that make
@@ -284,20 +295,22 @@ def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, prog
 
     data = load_split(profile, split)
     x = np.asarray(data.images)
-    clf = load_classifiers(profile)
+    clf, teacher = load_classifiers(profile, "judge"), load_classifiers(profile, "teacher")
     oracle = None if data.counterfactuals is None else np.asarray(data.counterfactuals)
-    p_x = predict_parents(clf, x)
-    common = (x, data, clf, p_x, oracle, threshold, progress, t, alpha)
+    p_x, t_x = predict_parents(clf, x), predict_parents(teacher, x)
+    common = (x, data, clf, p_x, oracle, threshold, progress, t, alpha, teacher)
     rows = _model_rows(profile, split, "hvae", *common)
     if before and profile.hvae.cf_finetune_steps > 0:
         rows += _model_rows(elbo_only(profile), split, "hvae_elbo", *common)
     identity = np.repeat(x[:, None], len(INTERVENTIONS), 1)
-    rows += quality_rows(x, data.parents, identity, [p_x] * len(INTERVENTIONS), None, None, oracle, "identity",
-                         threshold, p_x=p_x)
+    n = len(INTERVENTIONS)
+    rows += quality_rows(x, data.parents, identity, [p_x] * n, None, None, oracle, "identity",
+                         threshold, p_x=p_x, probs_teacher=[t_x] * n)
     if oracle is not None:
-        p_o = [predict_parents(clf, oracle[:, k]) for k in range(len(INTERVENTIONS))]
+        p_o = [predict_parents(clf, oracle[:, k]) for k in range(n)]
+        t_o = [predict_parents(teacher, oracle[:, k]) for k in range(n)]
         rows += quality_rows(x, data.parents, oracle, p_o, x, np.broadcast_to(x[:, None], oracle.shape), oracle,
-                             "oracle", threshold, p_x=p_x)  # exact: null and reversal give x back
+                             "oracle", threshold, p_x=p_x, probs_teacher=t_o)  # exact: null and reversal give x back
     return pd.DataFrame(rows)
 
 

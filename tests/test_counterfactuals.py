@@ -307,9 +307,23 @@ def test_classifier_metrics_and_training(tiny):
     table = clf.evaluate_classifiers(prof, "val", progress=False)
     assert table["parent"].tolist() == ["sex", "scanner", "effusion"] and table["n"].tolist() == [8] * 3
     assert clf.predict_parents(clf.load_classifiers(prof), load_split(prof, "val").images).shape == (8, 3)
+    # the judge: its own run, trained on the factual images and their exact counterfactuals
+    judge = clf.train_classifiers(prof, progress=False, role="judge")
+    assert judge.folder != run.folder and judge.folder.name.startswith("judge-")
+    assert clf.classifier_run(prof).key == run.key  # the teacher's key did not move
+    pool, parents = clf._training_pool(load_split(prof, "pretrain"), "judge")
+    train = load_split(prof, "pretrain")
+    assert len(pool) == 4 * len(train) and np.array_equal(pool[len(train):2 * len(train)], train.counterfactuals[:, 0])
+    assert (parents["scanner"].to_numpy()[len(train):2 * len(train)] == 1 - train.parents["scanner"].to_numpy()).all()
+    assert len(clf._training_pool(train, "teacher")[0]) == len(train)
+    assert not all(torch.equal(a, b) for a, b in zip(clf.load_classifiers(prof).state_dict().values(),
+                                                      clf.load_classifiers(prof, "judge").state_dict().values()))
+    with pytest.raises(ValueError, match="unknown predictor role"):
+        clf.classifier_run(prof, "referee")
     report = clf.predictor_report(prof)
-    assert report[["split", "images"]].drop_duplicates().values.tolist() == [
-        [s, i] for s in ("val", "test") for i in ("factual", "do(scanner)", "do(effusion)", "do(both)")]
+    assert report[["predictor", "split", "images"]].drop_duplicates().values.tolist() == [
+        [r, s, i] for r in ("teacher", "judge") for s in ("val", "test")
+        for i in ("factual", "do(scanner)", "do(effusion)", "do(both)")]
 
 
 def test_evaluate_table(tiny):
@@ -319,6 +333,9 @@ def test_evaluate_table(tiny):
     train_hvae(prof, progress=False)
     clf.train_classifiers(prof, progress=False)
     finetune_counterfactuals(prof, progress=False)
+    with pytest.raises(MissingRunError, match="--role judge"):  # the judge is trained by its own call
+        cfm.evaluate(prof, "test", progress=False)
+    clf.train_classifiers(prof, progress=False, role="judge")
     table = cfm.evaluate(prof, "test", progress=False)
     names = list(INTERVENTIONS) + ["effusion_add", "effusion_remove", "both_add", "both_remove"]
     assert table[["method", "intervention"]].values.tolist() == [
@@ -327,7 +344,8 @@ def test_evaluate_table(tiny):
     assert (table[~table["method"].str.startswith("hvae")]["reversibility_mae"] == 0).all()
     oracle = table[table["method"] == "oracle"]
     assert (oracle["oracle_mae"] == 0).all() and (oracle["changed_dice"] == 1).all()
-    assert {"effectiveness", "sex_kept", "oracle_mae", "oracle_psnr", "oracle_ssim", "changed_dice"} <= set(table.columns)
+    assert {"effectiveness", "effectiveness_teacher", "sex_kept", "oracle_mae", "oracle_psnr", "oracle_ssim",
+            "changed_dice"} <= set(table.columns)
     assert table[["effectiveness", "preservation", "sex_kept", "changed_dice"]].stack().between(0, 1).all()
     split = table[table["intervention"].isin(["effusion_add", "effusion_remove"])].groupby("method")["n"].sum()
     assert (split == 8).all()  # the two directions cover the split
