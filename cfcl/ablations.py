@@ -184,6 +184,8 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
     from cfcl.methods import METHODS
 
     ab = ABLATIONS[ablation]
+    if ab.cell is not None and ab.cell[1] == 1:  # a cell of effusion images: DSC_PE would repeat DSC
+        metrics = tuple(m for m in metrics if m != "dsc_pe")
     kept, pairs = [], []
     for metric in metrics:
         for ma, arm_a, mb, arm_b in ab.contrasts:

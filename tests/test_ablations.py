@@ -66,3 +66,13 @@ def test_contrasts_decide_known_shifts():
     means = ab.arm_means(tables).set_index(["method", "arm"])
     assert means.loc[("dvd_cl", "g05"), "dsc"] == pytest.approx(100 * (base.mean() + 0.02))
     assert means.loc[("dvd_cl", "g0"), "n"] == n
+
+
+def test_a_cell_of_effusion_images_is_not_counted_twice():
+    """The confounding ablation tests on effusion images only: DSC_PE would repeat DSC (and double the
+    family), so it is left out."""
+    n = 10
+    t = {(m, arm): _table(np.linspace(0.5, 0.9, n) + (0.01 if m == "dvd_cl" else 0), np.ones(n, int))
+         for m in ("none", "vader", "dvd_cl") for arm in ("or1", "real", "or20")}
+    res = ab.contrasts(t, "confounding", n_boot=500)
+    assert set(res["metric"]) == {"dsc"} and len(res) == 6 and (res["level"] == 1 - 0.05 / 6).all()
