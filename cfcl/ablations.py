@@ -176,11 +176,10 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
     contrasts x ``metrics`` (a metric a table lacks, or with fewer than 2 paired images, is left out).
     Columns ``ablation``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high`` (x 100),
     ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable``, ``sd``, ``level``."""
-    import numpy as np
     import pandas as pd
 
     from cfcl import stats
-    from cfcl.claims import _metric
+    from cfcl.claims import paired
     from cfcl.methods import METHODS
 
     ab = ABLATIONS[ablation]
@@ -189,17 +188,11 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
     kept, pairs = [], []
     for metric in metrics:
         for ma, arm_a, mb, arm_b in ab.contrasts:
-            ta, tb = tables[(ma, arm_a)], tables[(mb, arm_b)]
-            if metric != "dsc_pe" and (metric not in ta or metric not in tb):
-                continue
-            a, b = _metric(ta, metric), _metric(tb, metric)
-            both = a.index.intersection(b.index)
-            a, b = a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
-            ok = np.isfinite(a) & np.isfinite(b)
-            if ok.sum() < 2:
+            pair = paired(tables[(ma, arm_a)], tables[(mb, arm_b)], metric)
+            if pair is None:
                 continue
             kept.append((f"{METHODS[ma].display} [{arm_a}] - {METHODS[mb].display} [{arm_b}]", metric))
-            pairs.append((100 * a[ok], 100 * b[ok], 1))
+            pairs.append((*pair, 1))
     rows = stats.contrast_family(pairs, n_boot=n_boot, seed=seed)
     columns = ["ablation", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
                "detectable", "sd", "level"]

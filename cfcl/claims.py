@@ -70,6 +70,18 @@ def _metric(table: pd.DataFrame, metric: str) -> pd.Series:
     return table[metric]
 
 
+def paired(ta: pd.DataFrame, tb: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The paired per-image values (x 100) of ``metric`` in two per-image tables: the images both have,
+    finite in both; None when a table lacks the metric or fewer than 2 pairs remain."""
+    if metric != "dsc_pe" and (metric not in ta or metric not in tb):
+        return None
+    a, b = _metric(ta, metric), _metric(tb, metric)
+    both = a.index.intersection(b.index)
+    a, b = a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return None if ok.sum() < 2 else (100 * a[ok], 100 * b[ok])
+
+
 def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] = CLAIMS,
            n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """Decide ``contrasts`` on per-image tables (one per method, indexed by image, with columns
@@ -85,17 +97,11 @@ def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] =
     for c in contrasts:
         if c.a not in per_image or c.b not in per_image:
             continue
-        ta, tb = per_image[c.a], per_image[c.b]
-        if c.metric not in ("dsc_pe",) and (c.metric not in ta or c.metric not in tb):
-            continue
-        a, b = _metric(ta, c.metric), _metric(tb, c.metric)
-        both = a.index.intersection(b.index)
-        a, b = a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
-        ok = np.isfinite(a) & np.isfinite(b)
-        if ok.sum() < 2:
+        pair = paired(per_image[c.a], per_image[c.b], c.metric)
+        if pair is None:
             continue
         kept.append(c)
-        pairs.append((100 * a[ok], 100 * b[ok], c.direction))
+        pairs.append((*pair, c.direction))
     rows = stats.contrast_family(pairs, alpha=alpha, n_boot=n_boot, seed=seed)
     out = [{"claim": c.claim, "contrast": c.name, "metric": c.metric, **r} for c, r in zip(kept, rows)]
     columns = ["claim", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
