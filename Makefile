@@ -98,7 +98,8 @@ $(NB)/04_finetune-none.ipynb: notebooks/04_finetune.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,-p method none)
 $(NB)/04_finetune-%.ipynb: notebooks/04_finetune.ipynb $(NB)/03_pretrain-%.ipynb
 	$(call papermill,$<,-p method $*)
-$(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/03_pretrain-%.ipynb) $(ONLY_FILE)
+$(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/03_pretrain-%.ipynb) \
+                             $(patsubst %,$(NB)/03_pretrain-%.ipynb,$(call only,vader)) $(ONLY_FILE)
 	$(call papermill,$<,-p methods "$(ONLY)")
 $(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) $(ONLY_FILE)
 	$(call papermill,$<,-p methods "$(ONLY)")

@@ -6,6 +6,12 @@ form one family: intervals at the Bonferroni level and Holm-adjusted p-values ov
 (:func:`cfcl.stats.contrast_family`), and a verdict per contrast (``holds``, ``contradicted``,
 ``inconclusive``: the interval and the Holm-adjusted Wilcoxon test must agree). Estimates are in the metric's unit times 100 (DSC points, recall points).
 
+The seed spread: per image, the metric is averaged over the fine-tuning seeds before the contrast, so
+the interval is over images. With several seeds, each contrast is also estimated on every seed's
+models alone (``seed_min``, ``seed_max``, ``seed_sd``), and a verdict other than inconclusive also needs
+every seed's estimate on its side of 0 (a contrast that one seed reverses is inconclusive). One
+pre-training run per method: the pre-training seed is not in these figures.
+
 The contrasts (``CLAIMS``):
 
 - "all pre-training methods outperform None" (section 4.2, Table 2): each of the eight methods
@@ -83,15 +89,18 @@ def paired(ta: pd.DataFrame, tb: pd.DataFrame, metric: str) -> tuple[np.ndarray,
 
 
 def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] = CLAIMS,
-           n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+           n_boot: int = 10000, seed: int = 0, alpha: float = 0.05,
+           per_seed: list[dict[str, pd.DataFrame]] | None = None) -> pd.DataFrame:
     """Decide ``contrasts`` on per-image tables (one per method, indexed by image, with columns
-    ``effusion`` and the metrics; each value already averaged over seeds and folds).
+    ``effusion`` and the metrics; each value already averaged over seeds and folds). ``per_seed``: the
+    same tables for each fine-tuning seed alone (see the module docstring), for the seed spread.
 
     Contrasts whose methods or metric are missing, or with fewer than 2 paired images (e.g. the
     hidden-lung recall on data without exact fluid masks), are left out. Returns one row per
     contrast: ``claim``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high`` (x 100),
     ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable`` (x 100, the smallest effect the protocol
-    detects with 80 % power at the corrected level) and ``level`` of the intervals.
+    detects with 80 % power at the corrected level), ``level`` of the intervals and, with ``per_seed``,
+    ``seed_min``, ``seed_max``, ``seed_sd`` (the estimate on each seed's models) and ``seeds``.
     """
     kept, pairs = [], []
     for c in contrasts:
@@ -106,4 +115,21 @@ def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] =
     out = [{"claim": c.claim, "contrast": c.name, "metric": c.metric, **r} for c, r in zip(kept, rows)]
     columns = ["claim", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
                "detectable", "sd", "level"]
+    if per_seed is not None and len(per_seed) > 1:
+        for c, row in zip(kept, out):
+            est = [_estimate(t, c) for t in per_seed]
+            row.update(seed_min=min(est), seed_max=max(est), seed_sd=float(np.std(est, ddof=1)), seeds=len(est))
+            if row["verdict"] != "inconclusive":  # every seed must agree with the verdict's side
+                side = np.sign(row["estimate"])
+                if not all(np.sign(e) == side for e in est):
+                    row["verdict"] = "inconclusive"
+        columns += ["seed_min", "seed_max", "seed_sd", "seeds"]
     return pd.DataFrame(out, columns=columns)
+
+
+def _estimate(per_image: dict[str, pd.DataFrame], c: Contrast) -> float:
+    """The mean paired difference of contrast ``c`` (x 100) on one set of per-image tables (nan if unpaired)."""
+    if c.a not in per_image or c.b not in per_image:
+        return float("nan")
+    pair = paired(per_image[c.a], per_image[c.b], c.metric)
+    return float("nan") if pair is None else float(np.mean(pair[0] - pair[1]))

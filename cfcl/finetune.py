@@ -11,8 +11,15 @@ Choices where the paper is silent (parameters in :class:`cfcl.config.FinetuneCon
 cross-entropy + soft Dice loss, light geometric augmentation (rotation, zoom, translation with
 exact label warping), the last epoch's weights (no model selection on the test fold).
 
+Fine-tuning seeds (``finetune.seeds``, beyond the paper, which reports one run per fold): each fold is
+fine-tuned ``seeds`` times from the same checkpoint on the same images, replicate ``r`` seeding its
+initialisation of the new layers, batch order and augmentation with ``profile.seed * 1000 + fold +
+100000 r`` (replicate 0 is the single run of ``seeds=1``). Every per-image table keeps the replicate
+(column ``seed``); Table 2's fold means and the test split's per-image values average over them.
+
 Each method's fine-tuning is one run of the run layer (:mod:`cfcl.runs`):
-``runs/<profile>/finetune/<method>-<key>/fold<k>.npz``; the key covers the method, the fine-tuning
+``runs/<profile>/finetune/<method>-<key>/fold<k>.npz`` (``fold<k>-seed<r>.npz`` for replicates r >= 1);
+the key covers the method, the fine-tuning
 settings, the seed, the data and the pre-training run. Each fold also records the SHA-256 of the
 checkpoint it started from, so a fold made from another checkpoint (a pre-training run redone
 with the same settings) is redone, never mixed in. Fine-tuning never pre-trains: a missing
@@ -61,6 +68,19 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = (2 * inter + eps) / (denom + eps)
     return 1 - dice[1:].mean()
+
+
+REPLICATE_STRIDE = 100_000
+
+
+def fold_file(k: int, replicate: int = 0) -> str:
+    """The artifact of fold ``k``, fine-tuning replicate ``replicate``."""
+    return f"fold{k}.npz" if replicate == 0 else f"fold{k}-seed{replicate}.npz"
+
+
+def fold_runs(profile: Profile) -> list[tuple[int, int]]:
+    """Every (replicate, fold) of a fine-tuning run, in the order they are made."""
+    return [(r, k) for r in range(profile.finetune.seeds) for k in range(profile.finetune.folds)]
 
 
 def finetune_run(profile: Profile, method: str) -> Run:
@@ -115,10 +135,13 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
 
 
 def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarray,
-               state: dict[str, torch.Tensor] | None, fold: int, progress: bool = True) -> torch.nn.Module:
-    """Fine-tune one model on ``images``/``gold`` (uint8 arrays) from the pre-trained ``state``."""
+               state: dict[str, torch.Tensor] | None, fold: int, progress: bool = True,
+               replicate: int = 0) -> torch.nn.Module:
+    """Fine-tune one model on ``images``/``gold`` (uint8 arrays) from the pre-trained ``state``
+    (``replicate``: the fine-tuning seed, see the module docstring)."""
     cfg = profile.finetune
-    torch.manual_seed(profile.seed * 1000 + fold)
+    seed = profile.seed * 1000 + fold + REPLICATE_STRIDE * replicate
+    torch.manual_seed(seed)
     model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim)
     if state is not None:
         load_pretrained(model, state, method)
@@ -126,10 +149,11 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     x_all = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     y_all = torch.from_numpy(np.asarray(gold, dtype=np.float32))[:, None]
     aug = views.AugmentConfig(**FINETUNE_AUGMENT)
-    gen = torch.Generator().manual_seed(profile.seed * 1000 + fold)
+    gen = torch.Generator().manual_seed(seed)
     n, size = len(images), images.shape[-1]
     model.train()
-    for _ in tqdm(range(cfg.epochs), desc=f"finetune {method} fold {fold}", disable=not progress, leave=False):
+    desc = f"finetune {method} fold {fold}" + (f" seed {replicate}" if replicate else "")
+    for _ in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -141,9 +165,10 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
 
 
 def finetune(profile: Profile, method: str, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the five folds of ``method``; return the per-image metrics of the test folds.
+    """Run (or resume) the five folds of ``method`` (each ``finetune.seeds`` times); return the
+    per-image metrics of the test folds.
 
-    Each finished fold is saved atomically (``fold{k}.npz``: its test-fold predictions and its
+    Each finished fold is saved atomically (:func:`fold_file`: its test-fold predictions and its
     predictions on the test split and that split's counterfactuals, with the digest of the
     checkpoint it started from), so an interrupted run resumes at the next fold; a finished run
     is verified and read back without work.
@@ -168,9 +193,10 @@ def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
         raise ValueError("the annotated split has no gold masks: fine-tuning needs them")
     test = load_split(profile, "test")
     fold_of = folds(annotated.parents["effusion"].to_numpy(), profile.finetune.folds, profile.seed)
-    names = [f"fold{k}.npz" for k in range(profile.finetune.folds)]
-    for k in tqdm(range(profile.finetune.folds), desc=f"folds {method}", disable=not progress):
-        path = run.path(names[k])
+    plan = fold_runs(profile)
+    names = [fold_file(k, r) for r, k in plan]
+    for (r, k), name in zip(tqdm(plan, desc=f"folds {method}", disable=not progress), names):
+        path = run.path(name)
         if path.exists():
             try:
                 with np.load(path) as z:
@@ -181,7 +207,7 @@ def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
                 continue
             print(f"{path}: made from another checkpoint or damaged; fine-tuning it again")
         train = fold_of != k
-        model = train_fold(profile, method, annotated.images[train], annotated.gold[train], state, k, progress)
+        model = train_fold(profile, method, annotated.images[train], annotated.gold[train], state, k, progress, r)
         arrays = {"pred": predict(model, annotated.images[fold_of == k]),
                   "index": np.flatnonzero(fold_of == k), "test_pred": predict(model, test.images)}
         if test.counterfactuals is not None:
@@ -193,23 +219,26 @@ def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
     run.finish(names, time.perf_counter() - started, extra={"origin_sha256": origin})
 
 
-def load_fold(profile: Profile, method: str, k: int) -> dict[str, np.ndarray]:
-    """The saved arrays of fold ``k`` (verified against the run's manifest)."""
-    with np.load(finetune_run(profile, method).require().artifact(f"fold{k}.npz")) as z:
+def load_fold(profile: Profile, method: str, k: int, replicate: int = 0) -> dict[str, np.ndarray]:
+    """The saved arrays of fold ``k``, fine-tuning replicate ``replicate`` (verified against the run's
+    manifest)."""
+    with np.load(finetune_run(profile, method).require().artifact(fold_file(k, replicate))) as z:
         return {key: z[key] for key in z.files if key != "origin"}
 
 
 def fold_metrics(profile: Profile, method: str) -> pd.DataFrame:
-    """Per-image metrics of every test fold (columns fold, index, dsc, ..., effusion)."""
+    """Per-image metrics of every test fold and fine-tuning replicate (columns method, seed, fold,
+    index, dsc, ..., effusion; ``seed`` is the replicate, 0 to ``finetune.seeds`` - 1)."""
     annotated = load_split(profile, "annotated")
     eff = annotated.parents["effusion"].to_numpy()
     tables = []
-    for k in range(profile.finetune.folds):
-        f = load_fold(profile, method, k)
+    for r, k in fold_runs(profile):
+        f = load_fold(profile, method, k, r)
         idx = f["index"]
         t = metrics.segmentation_table(f["pred"], np.asarray(annotated.gold[idx]), eff[idx])
         t.insert(0, "index", idx)
         t.insert(0, "fold", k)
+        t.insert(0, "seed", r)
         tables.append(t)
     table = pd.concat(tables, ignore_index=True)
     table.insert(0, "method", method)

@@ -147,3 +147,14 @@ def invariance(profile: Profile, method: str, n_images: int | None = None) -> pd
                      "inside": float(cos[inside].mean()) if inside.any() else float("nan"),
                      "outside": float(cos[~inside].mean()), "n_inside": int(inside.sum())})
     return pd.DataFrame(rows)
+
+
+def invariance_table(profile: Profile, methods: list[str] | tuple[str, ...]) -> pd.DataFrame | None:
+    """:func:`invariance` of every method in one table (columns method, intervention, inside, outside,
+    n_inside; the method by its display name), or None where the data has no exact counterfactuals."""
+    if profile.data.source != "phantom":
+        return None
+    out = pd.concat([invariance(profile, m) for m in methods], ignore_index=True)
+    out["method"] = out["method"].map(lambda m: METHODS[m].display)
+    return out
+

@@ -210,6 +210,8 @@ def summarise_folds(per_image: pd.DataFrame, ddof: int = 1) -> pd.DataFrame:
     For each fold: mean DSC over all images, over healthy images (``DSC_NF``, effusion == 0)
     and over effusion images (``DSC_PE``), mean HD95 and ASD. Then mean and standard deviation
     of those per-fold means over the folds (Table 2: "mean +- std across five folds"); DSC in %.
+    With several fine-tuning seeds (a ``seed`` column, the same images in each), a fold's means are over
+    its seeds too, so the std stays the spread across folds.
     ``ddof=1`` (sample std over folds) is our choice, the paper does not say.
 
     Returns a one-row DataFrame with columns ``<metric>_mean`` and ``<metric>_std`` for metric in

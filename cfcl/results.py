@@ -18,7 +18,7 @@ import pandas as pd
 from cfcl import metrics
 from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
-from cfcl.finetune import fold_metrics, load_fold
+from cfcl.finetune import fold_metrics, fold_runs, load_fold
 from cfcl.methods import FINETUNE_METHODS, METHODS, TABLE2_COLUMNS
 
 COLUMNS = TABLE2_COLUMNS
@@ -83,7 +83,8 @@ def changed_regions(profile: Profile, split: str = "test") -> np.ndarray | None:
 
 
 def robustness(profile: Profile, method: str, regions: np.ndarray | None = None) -> pd.DataFrame:
-    """DSC per (scanner, effusion) cell of the test split and counterfactual consistency, mean over folds.
+    """DSC per (scanner, effusion) cell of the test split and counterfactual consistency, mean over the
+    fold models (every fold and fine-tuning seed).
 
     Returns one row with columns ``DSC[sc=a,pe=b]`` for the four cells and ``consistency[<iv>]``
     (Dice between the prediction on x and on do(iv) x, outside the changed region, in %).
@@ -91,8 +92,8 @@ def robustness(profile: Profile, method: str, regions: np.ndarray | None = None)
     test = load_split(profile, "test")
     par = test.parents
     rows = []
-    for k in range(profile.finetune.folds):
-        f = load_fold(profile, method, k)
+    for r, k in fold_runs(profile):
+        f = load_fold(profile, method, k, r)
         row: dict[str, float] = {}
         if test.gold is not None:
             t = metrics.segmentation_table(f["test_pred"], np.asarray(test.gold), par["effusion"].to_numpy())
@@ -111,8 +112,10 @@ def robustness(profile: Profile, method: str, regions: np.ndarray | None = None)
     return mean
 
 
-def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-image metrics of ``method`` on the held-out test split, each the mean over the fold models.
+def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = None,
+                   seed: int | None = None) -> pd.DataFrame:
+    """Per-image metrics of ``method`` on the held-out test split, each the mean over the fold models
+    (every fold and fine-tuning seed; ``seed``: the fold models of that fine-tuning replicate only).
 
     Columns ``dsc``, ``dsc_right``, ``dsc_left``, ``hd95``, ``asd`` (:func:`cfcl.metrics.segmentation_table`),
     ``lower_dice`` (:func:`cfcl.metrics.lower_field_dice`: the lung bases, where fluid hides the lung),
@@ -124,14 +127,16 @@ def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = N
     without a labelled test split), the cross-validation test folds' images instead (each tested once)."""
     test = load_split(profile, "test")
     if test.gold is None:  # real data without a labelled test split: the cross-validation test folds
-        return _cv_per_image(profile, method)
+        return _cv_per_image(profile, method, seed)
     gold, eff = np.asarray(test.gold), test.parents["effusion"].to_numpy().astype(int)
     hidden = None
     if regions is not None:
         hidden = regions[:, INTERVENTIONS.index("effusion")] & (eff == 1)[:, None, None]
     tables = []
-    for k in range(profile.finetune.folds):
-        pred = load_fold(profile, method, k)["test_pred"]
+    for r, k in fold_runs(profile):
+        if seed is not None and r != seed:
+            continue
+        pred = load_fold(profile, method, k, r)["test_pred"]
         t = metrics.segmentation_table(pred, gold, eff)
         t["lower_dice"] = metrics.lower_field_dice(pred, gold)
         if hidden is not None:
@@ -143,12 +148,16 @@ def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = N
     return out
 
 
-def _cv_per_image(profile: Profile, method: str) -> pd.DataFrame:
-    """Per-image metrics of the cross-validation test folds (each annotated image tested once, by the
-    model of its fold), indexed by annotated image: the claims' unit when the test split has no gold."""
-    t = fold_metrics(profile, method).set_index("index").sort_index()
+def _cv_per_image(profile: Profile, method: str, seed: int | None = None) -> pd.DataFrame:
+    """Per-image metrics of the cross-validation test folds (each annotated image tested by the model of
+    its fold, averaged over the fine-tuning seeds), indexed by annotated image: the claims' unit when the
+    test split has no gold."""
+    t = fold_metrics(profile, method)
+    t = t if seed is None else t[t["seed"] == seed]
+    t = t.drop(columns=["method", "fold", "seed"]).groupby("index").mean()
+    t["effusion"] = t["effusion"].astype(int)
     t.index.name = "image"
-    return t.drop(columns=["method", "fold"])
+    return t
 
 
 def table2_test(per_image: dict[str, pd.DataFrame], n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:

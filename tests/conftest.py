@@ -23,7 +23,7 @@ TINY = {
     "hvae.cf_batch_size": 8, "hvae.classifier_epochs": 1,
     "pretrain.steps": 2, "pretrain.batch_size": 2, "pretrain.pixels_per_view": 16, "pretrain.embed_dim": 8,
     "pretrain.checkpoint_every": 1, "pretrain.warmup_steps": 1,
-    "finetune.folds": 2, "finetune.epochs": 1, "finetune.batch_size": 8,
+    "finetune.folds": 2, "finetune.epochs": 1, "finetune.batch_size": 8, "finetune.seeds": 1,
     "latent.n_images": 4, "latent.pixels_per_image": 50, "latent.umap_neighbors": 5,
 }
 

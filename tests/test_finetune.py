@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cfcl import finetune as ft
 from cfcl import pretrain as pt
@@ -26,6 +27,37 @@ def test_folds_saved_reused_and_other_settings_are_another_run(tiny):
     assert fold["test_pred"].shape == (8, 32, 32) and fold["test_cf_pred"].shape == (8, 3, 32, 32)
     assert ft.finetune_run(tiny({"finetune.lr": 1e-3}), "none").key != run.key
     assert ft.finetune_run(tiny({"pretrain.lr": 1e-2}), "none").key == run.key  # None reads no pre-training
+
+
+def test_fine_tuning_seeds_are_replicates_kept_per_image_and_averaged(tiny):
+    from cfcl import metrics, results
+
+    one, two = tiny(), tiny({"finetune.seeds": 2})
+    table = ft.finetune(two, "none", progress=False)
+    assert len(table) == 20 and sorted(set(table["seed"])) == [0, 1]
+    for _, t in table.groupby("seed"):
+        assert sorted(t["index"]) == list(range(10))
+    run = ft.finetune_run(two, "none")
+    assert sorted(run.manifest()["artifacts"]) == ["fold0-seed1.npz", "fold0.npz", "fold1-seed1.npz", "fold1.npz"]
+    # replicate 0 is the single run of seeds=1, bit for bit; replicate 1 starts from another seed
+    ft.finetune(one, "none", progress=False)
+    np.testing.assert_array_equal(ft.load_fold(two, "none", 1, 0)["test_pred"], ft.load_fold(one, "none", 1)["test_pred"])
+    ann = ft.load_split(one, "annotated")
+    nets = [ft.train_fold(one, "none", ann.images[:8], ann.gold[:8], None, 0, False, r) for r in (0, 1)]
+    assert not all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
+    # the test split's per-image value is the mean over the four fold models
+    test = ft.load_split(two, "test")
+    eff = test.parents["effusion"].to_numpy()
+    dsc = np.mean([metrics.segmentation_table(ft.load_fold(two, "none", k, r)["test_pred"], np.asarray(test.gold),
+                                              eff)["dsc"].to_numpy() for r in (0, 1) for k in (0, 1)], axis=0)
+    np.testing.assert_allclose(results.test_per_image(two, "none")["dsc"].to_numpy(), dsc)
+    # Table 2's fold means are over both seeds, its std over the two folds
+    s = metrics.summarise_folds(table)
+    fold_means = table.groupby("fold")["dsc"].mean() * 100
+    assert s["n_folds"].item() == 2 and np.isclose(s["DSC_mean"].item(), fold_means.mean())
+    assert np.isclose(s["DSC_std"].item(), fold_means.std(ddof=1))
+    cv = results._cv_per_image(two, "none")
+    assert len(cv) == 10 and np.allclose(cv["dsc"], table.groupby("index")["dsc"].mean().to_numpy())
 
 
 def test_finetuning_never_pretrains_and_checks_the_checkpoint(tiny):

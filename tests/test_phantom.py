@@ -329,9 +329,9 @@ def test_store_reuse_regeneration_and_interruption(monkeypatch):
     ph.load_split(cfg, "val")
     assert calls == []  # second load does no work
     other = replace(cfg, n_val=5)
-    assert ph.config_hash(other) != ph.config_hash(cfg)
+    assert ph.config_hash(other, "val") != ph.config_hash(cfg, "val")
     assert len(ph.load_split(other, "val")) == 5 and len(calls) == 1  # changed config regenerates
-    assert ph.config_hash(replace(cfg, padchest_images="/x")) == ph.config_hash(cfg)  # paths don't count
+    assert ph.config_hash(replace(cfg, padchest_images="/x"), "val") == ph.config_hash(cfg, "val")  # paths don't
 
     # Interrupted generation: the renderer dies after the arrays were opened: nothing is left behind.
     cfg2 = tiny(seed=4)
@@ -358,6 +358,46 @@ def test_store_reuse_regeneration_and_interruption(monkeypatch):
     with pytest.raises(ArtifactError, match="counterfactuals.npy"):
         ph.load_split(cfg2, "val")
     np.testing.assert_array_equal(np.array(ph.load_split(cfg, "val").images), images)
+
+
+def test_a_split_key_covers_its_own_size_only():
+    """Per-split keys: a larger test split leaves the other splits (and the runs made from them) as
+    they are, and each split's contents do not depend on the other splits' sizes."""
+    cfg, bigger = tiny(), tiny(n_test=12)
+    for split in ("pretrain", "val", "annotated"):
+        assert ph.config_hash(bigger, split) == ph.config_hash(cfg, split)
+    assert ph.config_hash(bigger, "test") != ph.config_hash(cfg, "test")
+    assert len({ph.config_hash(cfg, s) for s in ("pretrain", "val", "annotated", "test")}) == 4
+    for field, split in (("n_pretrain", "pretrain"), ("n_val", "val"), ("n_annotated_effusion", "annotated")):
+        changed = tiny(**{field: 7})
+        assert [s for s in ("pretrain", "val", "annotated", "test")
+                if ph.config_hash(changed, s) != ph.config_hash(cfg, s)] == [split]
+    for shared in ("image_size", "seed", "scanner_effusion_odds_ratio"):
+        changed = replace(cfg, **{shared: {"image_size": 64, "seed": 9, "scanner_effusion_odds_ratio": 3.0}[shared]})
+        assert all(ph.config_hash(changed, s) != ph.config_hash(cfg, s) for s in ("pretrain", "test"))
+    pd.testing.assert_frame_equal(ph.split_parents(bigger, "annotated"), ph.split_parents(cfg, "annotated"))
+    np.testing.assert_array_equal(np.array(ph.load_split(bigger, "val").images),
+                                  np.array(ph.load_split(cfg, "val").images))
+    with pytest.raises(KeyError, match="split"):
+        ph.config_hash(cfg, "train")
+
+
+def test_a_larger_test_split_keeps_every_trained_run():
+    """The runs read their splits' keys: n_test changes the fine-tuning runs (they predict the test
+    split) and the test split's counterfactuals, nothing trained before them."""
+    from cfcl.classifiers import classifier_run
+    from cfcl.config import get_profile
+    from cfcl.counterfactuals import counterfactual_run
+    from cfcl.finetune import finetune_run
+    from cfcl.hvae import counterfactual_model_run, hvae_run
+    from cfcl.pretrain import pretrain_run
+
+    a, b = get_profile("smoke"), get_profile("smoke", {"data.n_test": 40})
+    same = [lambda p: hvae_run(p), lambda p: counterfactual_model_run(p), lambda p: classifier_run(p, "teacher"), lambda p: pretrain_run(p, "dvd_cl"),
+            lambda p: counterfactual_run(p, "pretrain")]
+    assert all(f(a).key == f(b).key for f in same)
+    assert finetune_run(a, "none").key != finetune_run(b, "none").key
+    assert counterfactual_run(a, "test").key != counterfactual_run(b, "test").key
 
 
 def test_unknown_split_and_source(tmp_path):

@@ -94,3 +94,31 @@ def test_claims_are_decided_on_paired_per_image_tables():
     for m in tables:
         tables[m] = tables[m].drop(columns="hidden_recall")
     assert "hidden_recall" not in set(decide(tables, n_boot=500)["metric"])
+
+
+def test_the_seed_spread_can_only_make_a_verdict_inconclusive():
+    import pandas as pd
+
+    from cfcl.claims import Contrast, decide
+
+    rng = np.random.default_rng(3)
+    n = 200
+    eff = (np.arange(n) % 2).astype(int)
+    base = rng.normal(0.85, 0.05, n)
+
+    def seed_tables(gain_a: float, gain_b: float) -> dict[str, pd.DataFrame]:
+        return {m: pd.DataFrame({"dsc": base + g + rng.normal(0, 0.002, n), "effusion": eff})
+                for m, g in (("dvd_cl", gain_a), ("none", 0.0), ("vader", gain_b))}
+
+    # DVD-CL - None: +2, +2.5, +1.5 points on the three seeds; VADeR - None: +3, -0.5, +3 (one seed reverses)
+    seeds = [seed_tables(0.02, 0.03), seed_tables(0.025, -0.005), seed_tables(0.015, 0.03)]
+    mean = {m: sum(s[m] for s in seeds) / 3 for m in seeds[0]}
+    contrasts = (Contrast("c", "dvd_cl", "none"), Contrast("c", "vader", "none"))
+    plain = decide(mean, contrasts, n_boot=1000).set_index("contrast")
+    assert (plain["verdict"] == "holds").all() and "seed_sd" not in plain
+    t = decide(mean, contrasts, n_boot=1000, per_seed=seeds).set_index("contrast")
+    assert t.loc["DVD-CL - None", "verdict"] == "holds" and t.loc["VADeR - None", "verdict"] == "inconclusive"
+    assert t.loc["DVD-CL - None", "seeds"] == 3
+    np.testing.assert_allclose(t.loc["DVD-CL - None", ["seed_min", "seed_max"]].to_numpy(float), [1.5, 2.5], atol=0.05)
+    np.testing.assert_allclose(t.loc["VADeR - None", "seed_sd"], np.std([3, -0.5, 3], ddof=1), atol=0.05)
+    np.testing.assert_allclose(t["estimate"], plain["estimate"])  # the estimate is the seed-averaged one

@@ -8,9 +8,10 @@
   (:mod:`cfcl.data.chexmask`) and a folder of manual gold masks (:mod:`cfcl.data.gold`).
 
 The data is the first stage of the run layer (:mod:`cfcl.runs`): each split is one run, under
-``cache/<source>/<split>-<key>/``, whose key (:func:`data_key`) covers everything the source reads
-(for the phantom its settings and renderer version; for PadChest the settings and the input
-files). ``make_data(profile)`` (``python -m cfcl.data``, notebook 00) makes the splits.
+``cache/<source>/<split>-<key>/``, whose key (:func:`data_key`) covers everything the split reads
+(for the phantom the settings of that split, its size included, and the renderer version; for
+PadChest the settings and the input files, one key for all four splits as they are carved out of
+one pool together). ``make_data(profile)`` (``python -m cfcl.data``, notebook 00) makes the splits.
 
 Splits: ``pretrain`` and ``val`` (images, parents, silver masks), ``annotated`` (the 70
 images with gold masks used for 5-fold fine-tuning: 20 healthy, 50 effusion) and ``test``
@@ -70,12 +71,13 @@ def _check_split(split: str) -> None:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
 
 
-def data_key(profile: Profile) -> str:
-    """The one key of the data a run sees: ``<source>-<hash>`` of everything the source reads
-    (phantom: its settings and renderer version; PadChest: settings, options and input files)."""
+def data_key(profile: Profile, split: str) -> str:
+    """The key of one split: ``<source>-<hash>`` of everything the split reads (phantom: the settings
+    of that split and the renderer version; PadChest: settings, options and input files)."""
+    _check_split(split)
     from cfcl.data.store import source_key
 
-    return source_key(profile.data)
+    return source_key(profile.data, split)
 
 
 def data_run(profile: Profile, split: str) -> Run:

@@ -449,8 +449,9 @@ def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.Da
     return image, silver, gold
 
 
-def split_key(cfg: DataConfig) -> str:
-    """The data key of :mod:`cfcl.data.store` (:func:`cache_key` with the default options)."""
+def split_key(cfg: DataConfig, split: str) -> str:
+    """The data key of :mod:`cfcl.data.store` (:func:`cache_key` with the default options): one key for
+    every split, as the splits are carved out of one pool of images together (``split`` is not read)."""
     return cache_key(cfg)
 
 

@@ -1,13 +1,13 @@
 """Splits on disk: every data source stores its splits the same way, as runs of the data stage.
 
 A split lives in ``cache/<source>/<split>-<key>/`` (:mod:`cfcl.runs`), where ``<key>`` is the
-source's key of everything it reads (:func:`source_key`): ``<array>.npy`` files opened as
+source's key of everything that split reads (:func:`source_key`): ``<array>.npy`` files opened as
 read-only memmaps (``images``, ``silver``, and where the source has them ``gold``, ``quality``,
 ``counterfactuals``), ``parents.csv``, any extra files of the source (the phantom's ``noise.npz``)
 and ``manifest.json``, written last. Reading a split verifies every file against the manifest;
 building one holds the run's lock, so two processes never build the same split at once.
 
-A source module provides ``split_key(cfg) -> str`` and ``build_split(cfg, split, folder) -> dict``:
+A source module provides ``split_key(cfg, split) -> str`` and ``build_split(cfg, split, folder) -> dict``:
 the latter writes the arrays and files into ``folder`` (through :func:`cfcl.paths.atomic_path`)
 and returns ``{"arrays": [...], "files": [...], "meta": {...}}``.
 """
@@ -37,15 +37,15 @@ def source_module(source: str):
     return import_module(f"cfcl.data.{source}")
 
 
-def source_key(cfg: DataConfig) -> str:
-    """``<source>-<hash>``: the one key of the data (see the module docstring)."""
-    return _source_key(cfg)
+def source_key(cfg: DataConfig, split: str) -> str:
+    """``<source>-<hash>``: the key of one split of the data (see the module docstring)."""
+    return _source_key(cfg, split)
 
 
 @lru_cache(maxsize=64)
-def _source_key(cfg: DataConfig) -> str:
-    # once per process and configuration: the PadChest key stats every image file
-    return f"{cfg.source}-{source_module(cfg.source).split_key(cfg)}"
+def _source_key(cfg: DataConfig, split: str) -> str:
+    # once per process, configuration and split: the PadChest key stats every image file
+    return f"{cfg.source}-{source_module(cfg.source).split_key(cfg, split)}"
 
 
 def split_run(cfg: DataConfig, split: str, remake: str = "") -> Run:
@@ -54,7 +54,7 @@ def split_run(cfg: DataConfig, split: str, remake: str = "") -> Run:
 
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return Run(cfg.source, split, {"data": dataclasses.asdict(cfg)}, cache_dir(), key=source_key(cfg),
+    return Run(cfg.source, split, {"data": dataclasses.asdict(cfg)}, cache_dir(), key=source_key(cfg, split),
                remake=remake or f"python -m cfcl.data --set data.source={cfg.source} ... (the same data settings)")
 
 

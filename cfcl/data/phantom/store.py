@@ -3,8 +3,11 @@
 A split is ``cache/phantom/<split>-phantom-<hash>/``: the arrays of :data:`ARRAYS`, ``parents.csv``
 and ``noise.npz`` (the exogenous noise of every image, to re-render it under any parents at any
 size), verified against the manifest whenever it is read. The hash (:func:`config_hash`) covers the
-DataConfig fields that change the phantom, :data:`PHANTOM_VERSION` and the shape bank's version, so
-a new renderer never reuses the old arrays.
+DataConfig fields that change the split, :data:`PHANTOM_VERSION` and the shape bank's version, so
+a new renderer never reuses the old arrays. Each split is drawn from its own random streams
+(:func:`cfcl.data.phantom.scm.split_parents`, :func:`~cfcl.data.phantom.scm.sample_noise`), so its key
+covers only its own size (:data:`SPLIT_SIZES`): a larger test split (``data.n_test=1000``) leaves the
+pre-training, validation and annotated splits, and every run made from them, as they are.
 """
 from __future__ import annotations
 
@@ -25,26 +28,31 @@ from cfcl.data.phantom.scm import NOISE_FIELDS, SPLIT_CODES, sample_noise, split
 from cfcl.paths import atomic_path
 
 PHANTOM_VERSION = 5
-# DataConfig fields that change the phantom (real-data paths and CheXmask settings do not).
-HASHED_FIELDS = ("image_size", "n_pretrain", "n_val", "n_test", "n_annotated_healthy",
-                 "n_annotated_effusion", "effusion_prevalence", "scanner_effusion_odds_ratio", "seed")
+# DataConfig fields that change every split (real-data paths and CheXmask settings do not) ...
+HASHED_FIELDS = ("image_size", "effusion_prevalence", "scanner_effusion_odds_ratio", "seed")
+# ... and the size fields, each of which changes one split only.
+SPLIT_SIZES = {"pretrain": ("n_pretrain",), "val": ("n_val",),
+               "annotated": ("n_annotated_healthy", "n_annotated_effusion"), "test": ("n_test",)}
 ARRAYS = ("images", "gold", "silver", "quality", "counterfactuals")
 NOISE_FILE = "noise.npz"
 
 
-def config_hash(cfg: DataConfig) -> str:
-    """Short hash of the DataConfig fields that affect the phantom, PHANTOM_VERSION and BANK_VERSION."""
+def config_hash(cfg: DataConfig, split: str) -> str:
+    """Short hash of the DataConfig fields that affect ``split`` (:data:`HASHED_FIELDS` and the split's
+    own :data:`SPLIT_SIZES`), the split's name, PHANTOM_VERSION and BANK_VERSION."""
     import hashlib
 
+    if split not in SPLIT_SIZES:
+        raise KeyError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SIZES)}")
     d = asdict(cfg)
-    payload = {k: d[k] for k in HASHED_FIELDS}
-    payload.update(version=PHANTOM_VERSION, bank=BANK_VERSION)
+    payload = {k: d[k] for k in HASHED_FIELDS + SPLIT_SIZES[split]}
+    payload.update(split=split, version=PHANTOM_VERSION, bank=BANK_VERSION)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def split_key(cfg: DataConfig) -> str:
-    """The data key of :mod:`cfcl.data.store` (:func:`config_hash`)."""
-    return config_hash(cfg)
+def split_key(cfg: DataConfig, split: str) -> str:
+    """The data key of one split in :mod:`cfcl.data.store` (:func:`config_hash`)."""
+    return config_hash(cfg, split)
 
 
 def build_split(cfg: DataConfig, split: str, folder: Path, chunk: int | None = None) -> dict:
