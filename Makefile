@@ -44,6 +44,8 @@ endif
 only = $(if $(strip $(ONLY)),$(filter $(ONLY),$(1)),$(1))
 METHODS := $(call only,$(shell python3 -m cfcl.methods pretrain))
 PROPOSED := $(call only,$(shell python3 -m cfcl.methods proposed))
+CF_METHODS := $(call only,$(shell python3 -m cfcl.methods counterfactual))
+PLAIN_METHODS := $(filter-out $(CF_METHODS),$(METHODS))
 FT_METHODS := $(call only,$(ALL_METHODS))
 SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
 # The overrides a label was last run with: a changed SET for the same VARIANT reruns its notebooks; a
@@ -90,9 +92,12 @@ $(NB)/01_train_hvae.ipynb: notebooks/01_train_hvae.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,)
 $(NB)/02_counterfactuals.ipynb: notebooks/02_counterfactuals.ipynb $(NB)/01_train_hvae.ipynb
 	$(call papermill,$<,)
-# Pre-training needs the HVAE's counterfactuals unless the views come from elsewhere (oracle, identity).
+# Pre-training with counterfactual views needs the HVAE's counterfactuals unless they come from elsewhere
+# (oracle, identity); the other methods start from the data, beside the HVAE (two jobs keep both cores busy).
 CF_UPSTREAM := $(if $(filter pretrain.cf_source=oracle pretrain.cf_source=identity,$(SET)),$(NB)/00_data.ipynb,$(NB)/02_counterfactuals.ipynb)
-$(NB)/03_pretrain-%.ipynb: notebooks/03_pretrain.ipynb $(CF_UPSTREAM)
+$(CF_METHODS:%=$(NB)/03_pretrain-%.ipynb): $(NB)/03_pretrain-%.ipynb: notebooks/03_pretrain.ipynb $(CF_UPSTREAM)
+	$(call papermill,$<,-p method $*)
+$(PLAIN_METHODS:%=$(NB)/03_pretrain-%.ipynb): $(NB)/03_pretrain-%.ipynb: notebooks/03_pretrain.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,-p method $*)
 $(NB)/04_finetune-none.ipynb: notebooks/04_finetune.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,-p method none)

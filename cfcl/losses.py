@@ -28,35 +28,40 @@ Memory: the dense block and the streaming path (issue 10). The positive part is 
 of the ``(M, M)`` similarity block, and ``"batch"`` multiplies ``M`` by the batch size: SSDCL at
 the paper's batch (32 images x 2 views x 1,000 pixels) has M = 64,000, a 16 GB float32 block,
 kept again for the backward. Three computations of the same row log-sum-exp, chosen by the size of
-the set (``stream_above``, an argument of every loss and of :func:`multi_positive_nce`) and of the
-block (:data:`KEEP_BELOW`):
+the set (``stream_above``, an argument of every loss and of :func:`multi_positive_nce`), of the
+block (:data:`KEEP_BELOW`) and the device (:func:`_row_lse`):
 
-- ``M <= stream_above`` (default :data:`STREAM_ABOVE` = 1024: every image-scope set of the `cpu`
-  profile, 2N = 512 or V*N = 1,024 pixels): one matmul for the dense ``(G, M, M)`` block,
-  ``torch.logsumexp`` and autograd; memory ``O(G M^2)``.
-- ``M > stream_above``: :class:`_StreamingLSE`, a custom autograd Function, computes the block
-  in chunks of ``chunk_size`` rows (default :data:`CHUNK_SIZE` = 256); with ``P`` the row softmax
-  (self excluded) and ``g`` the incoming gradient, the gradient w.r.t. the normalised ``z`` is
-  ``(W + W^T) z`` with ``W = g[:, None] * P / tau``, accumulated chunk by chunk. While the whole
-  block of the G sets has at most :data:`KEEP_BELOW` elements (2^26, 256 MB in float32: SSDCL at the
-  `cpu` profile, 8 x 2 x 256 = 4,096 pixels; the paper's image-scope sets at small batches) it keeps ``P`` chunk
-  by chunk and the backward reuses it ("keeping": memory ``O(G M^2)`` as dense, without autograd's
-  temporaries); above, it keeps only the normalised embeddings and the row log-sum-exp and the
-  backward recomputes each chunk into one reused ``(G, chunk_size, M)`` buffer ("streaming":
-  memory ``O(G chunk_size M + M D)``, linear in the pixels for a fixed chunk).
+- dense: one matmul for the ``(G, M, M)`` block, ``torch.logsumexp`` and autograd; memory
+  ``O(G M^2)``. Taken with ``stream_above=None``, and off CPU (or under autocast, the GPU's bf16
+  path) for sets of ``M <= stream_above`` pixels (default :data:`STREAM_ABOVE` = 1024).
+- keeping: :class:`_StreamingLSE`, a custom autograd Function, computes the block in chunks of
+  ``chunk_size`` rows (default :data:`CHUNK_SIZE` = 256) and keeps them for the backward, while the
+  whole block of the G sets has at most :data:`KEEP_BELOW` elements (2^26, 256 MB in float32). On CPU
+  it is taken for every such block, whatever ``stream_above``: every loss of the `cpu` profile (the
+  image-scope sets of 512 or 1,024 pixels, SSDCL's batch set of 8 x 2 x 256 = 4,096).
+- streaming: the same Function keeping only the normalised embeddings and the row log-sum-exp; the
+  backward recomputes each chunk into one reused ``(G, chunk_size, M)`` buffer: memory
+  ``O(G chunk_size M + M D)``, linear in the pixels for a fixed chunk (SSDCL at the paper's batch).
+
+The Function's gradient w.r.t. the normalised ``z`` is ``(W + W^T) z`` with ``W = g[:, None] * P /
+tau`` (``P`` the row softmax, self excluded; ``g`` the incoming gradient). Its symmetric form (the
+default wherever the block's range allows, :data:`SYMMETRIC_SPAN`: always for unit embeddings at the
+paper's tau = 0.1) shifts a whole set by one constant, so that ``E = exp(S - shift)`` is symmetric and
+row ``r`` of the gradient is ``sum_j (b_r + b_j) E_rj z_j`` with ``b = g / (tau * rowsum(E))``: one
+matmul per chunk in the backward instead of two, and no per-row maximum in the forward.
 
 All three give the same value and gradient (``tests/test_losses.py``: every path against the
-float64 loop references to 1e-5, ``gradcheck`` of the Function keeping and recomputing, dense vs
-chunked at M = 2,000, D = 128, and no tensor larger than ``chunk_size x M`` is created on the
-streaming path). On CPU (one thread, float32, forward + backward of the row log-sum-exp, D = 128,
-median of 5; the keeping path was added for issue 10) keeping / dense is 0.61 (G=8, M=512), 0.54
-(8, 1,024), 0.57 (1, 4,096), 0.43 (8, 2,000), 0.88 (4, 1,000); streaming / dense 0.62-0.78 on the
-same sizes and 1.14 at (4, 1,000): the dense path loses to its ``G M^2`` temporaries (allocated,
-faulted in, passed over several times), which the row chunks keep in cache. The default
-threshold keeps the `cpu` profile's image-scope losses (under 3 % of a step) on the dense path of
-the committed `figures/cpu` runs: another path changes the round-off, hence the trained models.
-Streaming, measured on
-CPU, one thread, float32, forward + backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1
+float64 loop references to 1e-5, ``gradcheck`` of the Function keeping and recomputing in both
+forms, dense vs chunked at M = 2,000, D = 128, and no tensor larger than ``chunk_size x M`` is
+created on the streaming path). On CPU (one thread, float32, forward + backward of the loss, D = 128,
+B = 8, 256 pixels per view, the `cpu` profile's sizes; interleaved in one process) keeping in
+the symmetric form against dense is 0.80 for DVD-CL (2 x 8 sets of 512 pixels) and 0.42 for MVD-CL and
+S-MVD-CL (8 sets of 1,024), and against the per-row keeping form 0.74 for SSDCL (one set of 4,096)
+(``benchmarks/results/losses.md`` has the measured ratios per loss). Another path changes the
+round-off, hence the trained models: the `cpu` runs of ``figures/cpu`` were made with the dense
+image-scope path and the per-row keeping form for SSDCL (commit 9a44dd3).
+
+Streaming (per-row form, before the symmetric one), measured on CPU, one thread, float32, forward + backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1
 python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
 RSS of a fresh process per configuration, minus its RSS before the loss call):
 
@@ -90,6 +95,7 @@ __all__ = [
     "CHUNK_SIZE",
     "STREAM_ABOVE",
     "KEEP_BELOW",
+    "SYMMETRIC_SPAN",
 ]
 
 NEGATIVE_SCOPES = ("image", "batch")
@@ -103,15 +109,29 @@ the G sets has at most this many elements (2^26: 256 MB in float32); above, it r
 Read at each call: set ``cfcl.losses.KEEP_BELOW = 0`` for linear memory at every size."""
 
 
+SYMMETRIC_SPAN = 60.0
+"""The chunked path shifts a whole set by one constant (its largest ``|z|^2 / tau``) when every entry of the
+block lies within this many units below it (``exp(-60)`` is far above float32's smallest normal number):
+always for unit embeddings at ``tau >= 1/30``; otherwise it shifts each row by its own maximum."""
+
+
 class _StreamingLSE(torch.autograd.Function):
     """Row log-sum-exp of ``zn @ zn^T / tau`` with the diagonal excluded, streamed in row chunks.
 
-    ``forward(zn (G, M, D), temperature, chunk_size) -> lse (G, M)``. Only one ``(G, C, M)``
-    chunk of the similarity block (``C = chunk_size`` rows) exists at a time, in the forward and
-    in the backward, which recomputes each chunk instead of keeping the block. With
-    ``P = softmax`` of a row (self excluded) and ``g`` the incoming gradient of ``lse``, the
-    gradient is ``W @ zn + W^T @ zn`` with ``W = g[:, None] * P / tau``, accumulated chunk by
-    chunk: rows ``r`` of the block give ``grad[r] += W_r @ zn`` and ``grad += W_r^T @ zn[r]``.
+    ``forward(zn (G, M, D), temperature, chunk_size, keep) -> lse (G, M)``. Only ``(G, C, M)`` chunks of
+    the similarity block (``C = chunk_size`` rows) exist, in the forward and in the backward, which
+    recomputes each chunk into one reused buffer, or (``keep``) reuses the chunks the forward kept.
+
+    The gradient, with ``P`` the row softmax (self excluded) and ``g`` the incoming gradient of ``lse``,
+    is ``(W + W^T) @ zn`` with ``W = g[:, None] * P / tau``. Two forms of it:
+
+    - symmetric (the default, whenever the block's range allows, :data:`SYMMETRIC_SPAN`): one shift ``s``
+      per set makes ``E = exp(S - s)`` (diagonal 0) a symmetric block with row sums ``R``, ``P = E / R``,
+      so with ``b = g / (tau R)`` the gradient is ``b * (E @ zn) + E @ (b * zn)``, i.e. row ``r`` of it is
+      ``sum_j (b_r + b_j) E_rj zn_j``: per row chunk one scaling of ``E_r`` and one matmul with ``zn``
+      (half the backward's products, no transposed product, no per-row maximum);
+    - per row (wide ranges, or under autocast): each row shifted by its own maximum; rows ``r`` give
+      ``grad[r] += W_r @ zn`` and ``grad += W_r^T @ zn[r]``.
     """
 
     @staticmethod
@@ -130,31 +150,62 @@ class _StreamingLSE(torch.autograd.Function):
         return sim
 
     @staticmethod
+    def _exp_chunk(zn: Tensor, r0: int, r1: int, temperature: float, shift: Tensor, buf: Tensor) -> Tensor:
+        """Rows ``r0:r1`` of ``E = exp(S - shift)`` with self at 0 (symmetric form), into ``buf``."""
+        return _StreamingLSE._chunk(zn, r0, r1, temperature, buf).sub_(shift[:, None, None]).exp_()
+
+    @staticmethod
     def forward(ctx, zn: Tensor, temperature: float, chunk_size: int, keep: bool = False) -> Tensor:
         g, m, _ = zn.shape
         c = min(chunk_size, m)
         lse, buf = zn.new_empty(g, m), zn.new_empty(g, c, m)
-        keep = keep and not torch.is_autocast_enabled(zn.device.type)
-        soft = []  # keep: the row softmax P, one (G, C, M) tensor per chunk
+        autocast = torch.is_autocast_enabled(zn.device.type)
+        keep = keep and not autocast
+        shift = None
+        if not autocast:  # every entry of S - shift lies in [-2 max|z|^2 / tau, 0]
+            sq = zn.detach().square().sum(-1).amax(-1)  # (G,)
+            if float(sq.max()) * 2 / temperature <= SYMMETRIC_SPAN:
+                shift = sq / temperature
+        kept = []  # keep: E (symmetric form) or P (per row), one (G, C, M) tensor per chunk
         for r0 in range(0, m, c):
             r1 = min(r0 + c, m)
-            sim = _StreamingLSE._chunk(zn, r0, r1, temperature, zn.new_empty(g, r1 - r0, m) if keep else buf)
+            out = zn.new_empty(g, r1 - r0, m) if keep else buf
+            if shift is not None:
+                e = _StreamingLSE._exp_chunk(zn, r0, r1, temperature, shift, out)
+                lse[:, r0:r1] = e.sum(-1).log_().add_(shift[:, None])
+                if keep:
+                    kept.append(e)
+                continue
+            sim = _StreamingLSE._chunk(zn, r0, r1, temperature, out)
             top = sim.amax(-1, keepdim=True)  # finite: a row has M - 1 >= 1 finite entries
             total = sim.sub_(top).exp_().sum(-1, keepdim=True)  # in place: exp(S - max)
             lse[:, r0:r1] = total.log().squeeze(-1) + top.squeeze(-1)
             if keep:
-                soft.append(sim.div_(total))  # P of these rows, kept for the backward (still in cache)
-        ctx.save_for_backward(zn, lse, *soft)
-        ctx.temperature, ctx.chunk_size = temperature, c
+                kept.append(sim.div_(total))  # P of these rows, kept for the backward (still in cache)
+        ctx.save_for_backward(zn, lse, *([] if shift is None else [shift]), *kept)
+        ctx.temperature, ctx.chunk_size, ctx.symmetric = temperature, c, shift is not None
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_lse: Tensor):
-        zn, lse, *kept = ctx.saved_tensors
+        zn, lse, *rest = ctx.saved_tensors
         tau, c = ctx.temperature, ctx.chunk_size
-        g, m, _ = zn.shape
-        grad, buf = torch.zeros_like(zn), zn.new_empty(g, c, m)
+        g, m, d = zn.shape
+        buf = zn.new_empty(g, c, m)
+        if ctx.symmetric:
+            shift, *kept = rest
+            b = grad_lse.to(zn.dtype) / (tau * (lse - shift[:, None]).exp())  # g / (tau R), R = exp(lse - s)
+            grad, scaled = torch.empty_like(zn), zn.new_empty(g, c, m)
+            for r0 in range(0, m, c):
+                r1 = min(r0 + c, m)
+                e = kept[r0 // c] if kept else _StreamingLSE._exp_chunk(zn, r0, r1, tau, shift, buf)
+                f = scaled.view(-1)[:g * (r1 - r0) * m].view(g, r1 - r0, m)
+                torch.add(b[:, r0:r1, None], b[:, None, :], out=f).mul_(e)  # (b_r + b_j) E_rj
+                torch.bmm(f, zn, out=grad[:, r0:r1])
+            return grad, None, None, None
+        kept = rest
+        grad = torch.zeros_like(zn)
         w_row = grad_lse.to(zn.dtype) / tau  # (G, M)
         for r0 in range(0, m, c):
             r1 = min(r0 + c, m)
@@ -170,17 +221,21 @@ class _StreamingLSE(torch.autograd.Function):
 
 
 def _row_lse(z: Tensor, temperature: float, chunk_size: int, stream_above: int | None) -> Tensor:
-    """Row log-sum-exp (self excluded) of the similarity block of normalised ``z (G, M, D)``:
-    one dense ``(G, M, M)`` matmul when ``M <= stream_above`` (or ``stream_above`` is None),
-    else :class:`_StreamingLSE` in chunks of ``chunk_size`` rows."""
-    if stream_above is None or z.shape[1] <= stream_above:
+    """Row log-sum-exp (self excluded) of the similarity block of normalised ``z (G, M, D)``: with
+    ``stream_above`` None the dense ``(G, M, M)`` block; else on CPU (no autocast) every block of at most
+    :data:`KEEP_BELOW` elements takes the keeping path (faster than dense at every size measured); otherwise
+    one dense matmul when ``M <= stream_above``, and :class:`_StreamingLSE` in chunks of ``chunk_size`` rows
+    above (keeping while the block is small enough, else recomputing)."""
+    g, m, _ = z.shape
+    small = g * m * m <= KEEP_BELOW
+    keep_on_cpu = small and z.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+    if stream_above is None or (m <= stream_above and not keep_on_cpu):
         sim = torch.matmul(z / temperature, z.transpose(1, 2))  # (G, M, M): the one matmul
         if sim.dtype != z.dtype:
             sim = sim.to(z.dtype)  # autocast may have run the matmul in half precision
         sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # self is not in the denominator
         return torch.logsumexp(sim, dim=-1)  # (G, M), stable
-    g, m, _ = z.shape
-    return _StreamingLSE.apply(z, temperature, chunk_size, g * m * m <= KEEP_BELOW)
+    return _StreamingLSE.apply(z, temperature, chunk_size, small)
 
 
 def _check_chunking(chunk_size: int, stream_above: int | None) -> tuple[int, int | None]:

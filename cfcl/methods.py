@@ -97,6 +97,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 FINETUNE_METHODS = tuple(METHODS)
 PRETRAIN_METHODS = tuple(m for m in METHODS if METHODS[m].pretrained)
 PROPOSED = tuple(m for m in METHODS if METHODS[m].proposed)
+#: The methods whose views include counterfactuals (their pre-training waits for notebook 02).
+COUNTERFACTUAL = tuple(m for m in PRETRAIN_METHODS if METHODS[m].views == "cf")
 
 
 def get(name: str, pretrained: bool = False) -> Method:
@@ -120,9 +122,10 @@ def select(methods: str | list[str] | tuple[str, ...], among: tuple[str, ...] = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python3 -m cfcl.methods pretrain|finetune|proposed``: the names, space-separated."""
+    """``python3 -m cfcl.methods pretrain|finetune|proposed|counterfactual``: the names, space-separated."""
     what = (argv if argv is not None else sys.argv[1:]) or ["finetune"]
-    lists = {"pretrain": PRETRAIN_METHODS, "finetune": FINETUNE_METHODS, "proposed": PROPOSED}
+    lists = {"pretrain": PRETRAIN_METHODS, "finetune": FINETUNE_METHODS, "proposed": PROPOSED,
+             "counterfactual": COUNTERFACTUAL}
     if what[0] not in lists:
         raise SystemExit(f"usage: python -m cfcl.methods {'|'.join(lists)}")
     print(" ".join(lists[what[0]]))

@@ -268,13 +268,32 @@ def test_half_precision_inputs_are_computed_in_float32(path):
 
 # ----------------------------------------------------------------------------- streaming path
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 50])
-def test_streaming_lse_gradcheck(chunk):
+@pytest.mark.parametrize("temperature", [0.3, 0.02])
+def test_streaming_lse_gradcheck(chunk, temperature):
     """The custom autograd Function alone (G=2 sets of 7 pixels; chunks dividing 7 or not, or
-    larger than the set) passes torch's numerical gradient check."""
+    larger than the set) passes torch's numerical gradient check, in its symmetric form (tau 0.3) and
+    its per-row form (tau 0.02: the block spans 100 > SYMMETRIC_SPAN), keeping and recomputing."""
     z = _rand(2, 7, 3, seed=40).requires_grad_(True)
     for keep in (False, True):
-        assert torch.autograd.gradcheck(lambda x: losses._StreamingLSE.apply(F.normalize(x, dim=-1), 0.3, chunk, keep),
-                                        (z,))
+        assert torch.autograd.gradcheck(
+            lambda x: losses._StreamingLSE.apply(F.normalize(x, dim=-1), temperature, chunk, keep), (z,))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.01])
+def test_symmetric_and_per_row_forms_agree(temperature, monkeypatch):
+    """One shift per set (symmetric form, taken at the paper's tau 0.1) and one per row (taken where the
+    block spans more than SYMMETRIC_SPAN: 2 / 0.01 = 200) give the same value and gradient as the dense
+    block, keeping and recomputing; forcing the per-row form at tau 0.1 changes nothing either."""
+    calls = []
+    real = losses._StreamingLSE._exp_chunk
+    monkeypatch.setattr(losses._StreamingLSE, "_exp_chunk", staticmethod(lambda *a: calls.append(1) or real(*a)))
+    z, lab = _rand(2, 2, 60, 16, seed=48), _labels(2, 2, 60, seed=49)
+    _dense_vs_stream(lambda **kw: SSDCL(temperature, **kw), z, lab, chunk=50)
+    assert bool(calls) == (temperature == 0.1)
+    monkeypatch.setattr(losses, "SYMMETRIC_SPAN", 0.0)
+    calls.clear()
+    _dense_vs_stream(lambda **kw: SSDCL(temperature, **kw), z, lab, chunk=50)
+    assert not calls
 
 
 def _dense_vs_stream(make, z, *args, chunk):
@@ -313,19 +332,29 @@ def test_streaming_equals_dense_several_sets():
 
 
 def test_path_choice_by_set_size(monkeypatch):
-    """Sets of more than ``stream_above`` pixels stream, smaller ones take the dense block;
-    the defaults keep the image-scope losses (M of a few thousand) on the dense path."""
+    """On CPU a block of at most KEEP_BELOW elements takes the keeping path whatever its set size; else
+    sets of more than ``stream_above`` pixels stream and smaller ones take the dense block, as they do
+    under autocast (the GPU's bf16 path); ``stream_above=None`` is always dense."""
+    keep_below = losses.KEEP_BELOW
     calls = []
     real = losses._StreamingLSE.apply
-    monkeypatch.setattr(losses._StreamingLSE, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
-    z, keys = _rand(2, 10, 4, seed=47), torch.arange(5).repeat(2).expand(2, 10)
-    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=10)
+    monkeypatch.setattr(losses._StreamingLSE, "apply", lambda *a: calls.append((a[0].shape, a[3])) or real(*a))
+    z, keys = _rand(2, 10, 4, seed=47).float(), torch.arange(5).repeat(2).expand(2, 10)
     multi_positive_nce(z, keys, None, 0.1, 5, stream_above=None)
     assert calls == []
+    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=10)
+    assert calls == [((2, 10, 4), True)]  # keeping, though 10 <= stream_above
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        multi_positive_nce(z, keys, None, 0.1, 5, stream_above=10)
+    assert calls == []
+    monkeypatch.setattr(losses, "KEEP_BELOW", 0)
+    multi_positive_nce(z, keys, None, 0.1, 5, stream_above=10)
+    assert calls == []
     multi_positive_nce(z, keys, None, 0.1, 5, stream_above=9)
-    assert calls == [(2, 10, 4)]
-    # the cpu profile's image-scope sets (4 views x 256 pixels) stay dense, SSDCL's batch set (8 x 2 x 256) not
-    assert 1024 <= losses.STREAM_ABOVE < 4096
+    assert calls == [((2, 10, 4), False)]  # streaming
+    # the cpu profile's blocks are kept: SSDCL's batch set (1 x 4,096 pixels), the 4-view image sets (8 x 1,024)
+    assert 4096 ** 2 <= keep_below and 8 * 1024 ** 2 <= keep_below
     assert SSDCL().stream_above == losses.STREAM_ABOVE and SSDCL().chunk_size == losses.CHUNK_SIZE
 
 
