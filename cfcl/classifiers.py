@@ -197,7 +197,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
         seed = profile.seed + settings.get("seed_offset", 0)
         torch.manual_seed(seed)
         model = ParentClassifier(width)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
         epoch, seconds = 0, 0.0
         last = run.path("last.pt")
         ck = resume(run, model=model, optimizer=opt)

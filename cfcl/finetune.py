@@ -145,7 +145,7 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim)
     if state is not None:
         load_pretrained(model, state, method)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     x_all = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     y_all = torch.from_numpy(np.asarray(gold, dtype=np.float32))[:, None]
     aug = views.AugmentConfig(**FINETUNE_AUGMENT)

@@ -382,7 +382,7 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
     net = build_model(cfg.encoder, cfg.embed_dim).to(device)
     if device.startswith("cuda"):
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     start, seconds = 0, 0.0
     last = run.path("last.pt")

@@ -168,7 +168,7 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=hv.lr, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(model.parameters(), lr=hv.lr, weight_decay=WEIGHT_DECAY, foreach=True)
     gen = torch.Generator().manual_seed(profile.seed + 1)
     epoch, step, seconds, log_rows = 0, 0, 0.0, []
     last = run.path("last.pt")
