@@ -165,8 +165,8 @@ def bench_scaling(b: int, d: int, pixels: list[int], views: list[int], n_views: 
     }
     rows = [f"Time relative to the smallest size (B={b}, D={d}, float32; absolute ms of the smallest in "
             "brackets; sizes above 1,000 pixels: a single run). `M^2` is the growth of the similarity "
-            f"block: pixels in one contrast set, squared. Default paths: sets of more than {STREAM_ABOVE} "
-            f"pixels are streamed (section 4), i.e. (S-)MVD-CL at N=4000 (M={n_views * 4000}).", "",
+            "block: pixels in one contrast set, squared. Default paths on CPU: blocks of at most KEEP_BELOW "
+            f"elements are kept, larger ones streamed (section 4), i.e. (S-)MVD-CL at N=4000 (M={n_views * 4000}).", "",
             f"Pixels per view (V={n_views} views):", "",
             "| N | " + " | ".join(losses) + " | M^2 ratio |", "|---:|" + "---:|" * (len(losses) + 1)]
     base: dict[str, float] = {}
@@ -214,16 +214,17 @@ def bench_paths(b: int, n: int, d: int, v: int, reps: int) -> list[str]:
     chunked = _cases(b, v, n, d, stream_above=0, chunk_size=CHUNK_SIZE)
     rows = [f"Size as in section 1 (B={b}, N={n}, D={d}, V={v}), float32, {reps} interleaved repetitions "
             f"(median). Chunks of {CHUNK_SIZE} rows; streaming recomputes each chunk in the backward, keeping "
-            f"reuses the row softmax of the forward (blocks of up to KEEP_BELOW = {losses.KEEP_BELOW} elements). "
-            f"By default (`stream_above={STREAM_ABOVE}`) sets of more than {STREAM_ABOVE} pixels take the "
-            "chunked path.", "",
+            f"reuses the chunks of the forward (blocks of up to KEEP_BELOW = {losses.KEEP_BELOW} elements). "
+            f"By default on CPU every block of at most KEEP_BELOW elements is kept (symmetric form); off CPU, "
+            f"sets of more than `stream_above={STREAM_ABOVE}` pixels take the chunked path.", "",
             "| loss | pixels per set M | default path | dense (ms) | streaming (ms) | keeping (ms) | "
             "streaming / dense | keeping / dense |",
             "|---|---:|---|---:|---:|---:|---:|---:|"]
     sizes = [2 * n, 2 * n, v * n, 2 * n, v * n, b * 2 * n]
-    for (name, (fd, *_)), (_, (fc, *_)), m in zip(dense.items(), chunked.items(), sizes):
+    sets = [b, b * (v - 1), b, b * (v - 1), b, 1]  # G: contrast sets of one call
+    for (name, (fd, *_)), (_, (fc, *_)), m, g in zip(dense.items(), chunked.items(), sizes, sets):
         td, ts, tk = _interleaved([fd, _recomputing(fc), fc], z, reps)
-        default = "dense" if m <= STREAM_ABOVE else "keeping"
+        default = "keeping" if g * m * m <= losses.KEEP_BELOW else "streaming"  # on CPU
         rows.append(f"| {name} | {m} | {default} | {_ms(td)} | {_ms(ts)} | {_ms(tk)} | {ts / td:.2f} | {tk / td:.2f} |")
     return rows
 

@@ -206,13 +206,13 @@ def intro() -> list[str]:
     """The fixed text that opens the section: the method and the setting."""
     return [
         "Method (`cfcl/losses.py`, module docstring): the core's denominator is the row log-sum-exp of the "
-        "M x M similarity block (self excluded). Sets of at most `stream_above` pixels build the dense block; "
-        "larger ones go through `_StreamingLSE`, a custom autograd Function that computes the block in "
-        "chunks of `chunk_size` rows into one reused buffer, keeps only the normalised embeddings and the "
-        "row log-sum-exp, and recomputes each chunk in the backward (gradient `(W + W^T) z / tau`, "
-        "`W` = incoming gradient x row softmax, accumulated chunk by chunk). Memory: one chunk "
-        "(`chunk_size x M`) plus a few `M x D` tensors, linear in the pixels; one more matmul than the "
-        "dense path. Equality with the dense path and the loop references: `tests/test_losses.py`.", "",
+        "M x M similarity block (self excluded). Blocks larger than KEEP_BELOW elements go through "
+        "`_StreamingLSE`, a custom autograd Function that computes the block in chunks of `chunk_size` rows "
+        "into one reused buffer, keeps only the normalised embeddings and the row log-sum-exp, and recomputes "
+        "each chunk in the backward (symmetric form: one shift per set, so row r of the gradient is "
+        "`sum_j (b_r + b_j) E_rj z_j` with `E = exp(S - shift)`, one matmul per chunk). Memory: one chunk "
+        "(`chunk_size x M`) plus a few `M x D` tensors, linear in the pixels. Equality with the dense path "
+        "and the loop references: `tests/test_losses.py`.", "",
         f"SSDCL (`negatives=\"batch\"`) at B images x {VIEWS} views x {PIXELS} pixels, D={DIM}, float32, "
         f"forward + backward, one thread; the paper's batch is B=32 (M=64,000). Defaults: "
         f"`stream_above={STREAM_ABOVE}`, `chunk_size={CHUNK_SIZE}`; here each path is forced "
