@@ -59,8 +59,9 @@ def test_paper_profile_dry_run(dirs):
         assert ck["step"] == 1 and any(k.startswith("unet.encoder.layer4") for k in ck["model"])
         assert np.isfinite(pt.read_losses(prof, method)["loss"]).all()
 
-    table = ft.finetune(prof, "s_mvd_cl", progress=False)
-    assert len(table) == 4 and table["dsc"].between(0, 1).all()
+    table = ft.finetune(prof, "s_mvd_cl", progress=False)  # the paper profile's three fine-tuning seeds
+    assert prof.finetune.seeds == 3 and len(table) == 4 * 3 and sorted(set(table["seed"])) == [0, 1, 2]
+    assert table["dsc"].between(0, 1).all()
     assert ft.load_fold(prof, "s_mvd_cl", 0)["test_pred"].shape == (4, 224, 224)
 
 
