@@ -61,8 +61,8 @@ S-MVD-CL (8 sets of 1,024), and against the per-row keeping form 0.74 for SSDCL 
 round-off, hence the trained models: the `cpu` runs of ``figures/cpu`` were made with the dense
 image-scope path and the per-row keeping form for SSDCL (commit 9a44dd3).
 
-Streaming (per-row form, before the symmetric one), measured on CPU, one thread, float32, forward + backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1
-python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
+Streaming (per-row form, before the symmetric one), measured on CPU, one thread, float32, forward +
+backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1 python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
 RSS of a fresh process per configuration, minus its RSS before the loss call):
 
     images B (M = 2,000 B)         1     2      4      8     16     32
