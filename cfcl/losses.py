@@ -61,18 +61,18 @@ S-MVD-CL (8 sets of 1,024), and against the per-row keeping form 0.74 for SSDCL 
 round-off, hence the trained models: the `cpu` runs of ``figures/cpu`` were made with the dense
 image-scope path and the per-row keeping form for SSDCL (commit 9a44dd3).
 
-Streaming (per-row form, before the symmetric one), measured on CPU, one thread, float32, forward +
-backward of SSDCL with batch negatives (``OMP_NUM_THREADS=1 python benchmarks/bench_losses.py``, sections 4 and 5 of ``benchmarks/results/losses.md``; peak
-RSS of a fresh process per configuration, minus its RSS before the loss call):
+Streaming, measured on CPU, one thread, float32, forward + backward of SSDCL with batch negatives
+(``OMP_NUM_THREADS=1 python benchmarks/bench_losses.py``, sections 4 and 5 of
+``benchmarks/results/losses.md``; peak RSS of a fresh process per configuration, minus its RSS before
+the loss call; a machine running two other jobs):
 
     images B (M = 2,000 B)         1     2      4      8     16     32
-    dense loss memory (MB)        89   279  1,024  3,978  ~16,000  ~64,000 (not run: 4.07 x block)
-    streaming, chunk 256 (MB)     31    37     55     80    150    246 (whole process: 929 MB)
-    CPU time streaming / dense  1.07  0.54   0.55   0.54
+    dense loss memory (MB)        82   273  1,016  3,970  ~15,900  ~63,500 (not run: extrapolated)
+    streaming, chunk 256 (MB)     23    32     56     88    144    332 (whole process: 876 MB)
+    CPU time streaming / dense  0.95  1.07   0.54   0.50
 
-At the paper's batch (B = 32) the streamed loss takes 89 s of one CPU thread; chunk 1024 or 4096
-rows: 434 or 1,184 MB, about 12% faster. On the image-scope losses (section 4; not their default
-path) streaming / dense is 0.57-0.63, except 1.02 for VADeR (2 sets of 2,000 pixels).
+At the paper's batch (B = 32) the streamed loss takes 89 s of one CPU thread. On the image-scope losses
+(section 4, B = 2, 1,000 pixels per view) streaming / dense is 0.64-0.94 and keeping / dense 0.42-0.66.
 """
 from __future__ import annotations
 
