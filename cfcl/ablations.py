@@ -15,6 +15,11 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   (effusion on ImagingDynamics scanners), where confounded augmentation should help most;
 - ``labels``: silver (CheXmask-like) against gold labels for CheXmask-supervised pre-training and
   S-MVD-CL: the cost of silver labels;
+- ``replicate``: DVD-CL and S-MVD-CL pre-trained again with another seed (``pretrain.replicate=1``: another
+  initialisation, batch order, views and sampled pixels; the fine-tuning seeds unchanged): ``m [r1] - m [r0]``
+  is the spread one pre-training run leaves in every other one-run comparison (an interval covering 0
+  is the expected verdict; its width is the noise floor of the ablations above), and each method against
+  None in both replicates says whether its verdict survives a new pre-training seed;
 - ``length``: DVD-CL with exact counterfactuals after a third of, as many as, and three times the
   profile's pre-training steps (100, 300, 900 at `cpu`) against None: the pre-training-length curve
   the profile's length is chosen from.
@@ -74,6 +79,10 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("labels", "Silver against gold labels for supervised pre-training",
              {"silver": "", "gold": "pretrain.labels=gold"}, ("chexmask", "s_mvd_cl"),
              (("chexmask", "gold", "chexmask", "silver"), ("s_mvd_cl", "gold", "s_mvd_cl", "silver"))),
+    Ablation("replicate", "Pre-training replicates: a second pre-training seed",
+             {"r0": "", "r1": "pretrain.replicate=1"}, ("none", "dvd_cl", "s_mvd_cl"),
+             (("dvd_cl", "r1", "dvd_cl", "r0"), ("s_mvd_cl", "r1", "s_mvd_cl", "r0"),
+              *((m, r, "none", r) for m in ("dvd_cl", "s_mvd_cl") for r in ("r0", "r1")))),
     Ablation("length", "Pre-training length (DVD-CL, exact counterfactuals) against None",
              {"third": "pretrain.cf_source=oracle pretrain.steps={steps_third}", "profile": "pretrain.cf_source=oracle",
               "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}"},

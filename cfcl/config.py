@@ -150,6 +150,9 @@ class PretrainConfig:
     labels: str = setting("silver", choices=("silver", "gold"),
                           doc="masks of the supervised pre-training: silver (CheXmask, paper) or gold (the "
                               "labels ablation; the phantom has gold masks for every image)")
+    replicate: int = setting(0, lo=0, doc="pre-training replicate: 0 the profile's run; r > 0 another seed for the "
+                                          "network's initialisation, batches, views and pixels (the seed spread "
+                                          "of pre-training; the replicate ablation), fine-tuning seeds unchanged")
     checkpoint_every: int = setting(100, lo=1)
     num_workers: int = setting(0, lo=0)
     compile: bool = setting(False, doc="torch.compile the network (inductor; never changes the run's key). "

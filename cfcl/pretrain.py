@@ -23,8 +23,8 @@ pay on CPU, ``benchmarks/results/network.md``; ``benchmarks/bench_gpu.py`` measu
 method's pre-training is one run of the run layer (:mod:`cfcl.runs`):
 ``runs/<profile>/pretrain/<method>-<key>/`` with ``model.pt`` and ``losses.csv``; the key covers
 the method, the pre-training settings (``cf_source`` and ``cf_gain`` only for the counterfactual methods,
-``labels`` only for the supervised ones, ``cf_gain`` and ``labels`` only away from their neutral values 1 and
-"silver" so that runs made before they existed stay valid; ``checkpoint_every``, ``num_workers`` and
+``labels`` only for the supervised ones, ``cf_gain``, ``labels`` and ``replicate`` only away from their neutral
+values 1, "silver" and 0 so that runs made before they existed stay valid; ``checkpoint_every``, ``num_workers`` and
 ``compile`` never), the seed, the data and, with HVAE views, the
 counterfactual run. It never makes its upstream: missing counterfactuals are an error naming the
 command that makes them. Multi-GPU / multi-node through torch.distributed (``torchrun``, DDP): every rank
@@ -61,7 +61,7 @@ from cfcl.runs import Run, load_checkpoint, resume
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile")
-ADDED_LATER = {"cf_gain": 1.0, "labels": "silver"}
+ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0}
 
 
 def make_loss(method: Method, profile: Profile) -> nn.Module | None:
@@ -299,6 +299,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
+def pretrain_seed(profile: Profile) -> int:
+    """The seed of pre-training's random draws (initialisation, batches, views, sampled pixels):
+    ``profile.seed`` for replicate 0 (the profile's run, unchanged since replicates exist), for replicate
+    ``r > 0`` a seed drawn from ``(profile.seed, r)`` (``pretrain.replicate``; the replicate ablation)."""
+    r = profile.pretrain.replicate
+    if r == 0:
+        return profile.seed
+    return int(np.random.SeedSequence([profile.seed, 41, r]).generate_state(1)[0] % 2 ** 31)
+
+
 def pretrain_run(profile: Profile, method: str) -> Run:
     """The pre-training run of ``method`` under ``profile`` (see the module docstring)."""
     spec = get(method, pretrained=True)
@@ -378,7 +388,8 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     data = data if data is not None else PretrainData(profile, method)
     started = time.perf_counter()
-    torch.manual_seed(profile.seed)
+    seed = pretrain_seed(profile)
+    torch.manual_seed(seed)
     net = build_model(cfg.encoder, cfg.embed_dim).to(device)
     if device.startswith("cuda"):
         net = net.to(memory_format=torch.channels_last)
@@ -409,8 +420,8 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
     if freeze_bn:
         _set_bn_eval(model)
     for step in bar:
-        idx = batch_indices(len(data), cfg.batch_size, step, profile.seed)
-        value = train_step(model, opt, data.batch(idx, spec), spec, profile, step_generator(profile.seed, step),
+        idx = batch_indices(len(data), cfg.batch_size, step, seed)
+        value = train_step(model, opt, data.batch(idx, spec), spec, profile, step_generator(seed, step),
                            loss_fn, share=slice(rank, None, world))
         sched.step()
         if distributed:

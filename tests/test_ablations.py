@@ -17,10 +17,11 @@ def test_plan_runs_each_distinct_arm_once_with_the_union_of_its_methods():
     overrides = [o for _, o, _ in plan]
     assert len(overrides) == len(set(overrides))  # shared arms (g0 = identity, g1 = oracle) run once
     arms = {o: (v, m.split()) for v, o, m in plan}
-    assert arms[""] == ("", ["dvd_cl", "chexmask", "s_mvd_cl"])  # the profile's own run
+    assert arms[""] == ("", ["none", "dvd_cl", "chexmask", "s_mvd_cl"])  # the profile's own run
     assert arms["pretrain.cf_source=oracle"] == ("abl-cf_source-oracle", ["none", "vader", "dvd_cl", "s_mvd_cl"])
     assert arms["pretrain.cf_source=oracle pretrain.steps=100"][0] == "abl-length-third"  # a third of 300
     assert "pretrain.cf_source=oracle pretrain.steps=900" in arms
+    assert arms["pretrain.replicate=1"] == ("abl-replicate-r1", ["none", "dvd_cl", "s_mvd_cl"])
     # one ablation asked: its arms only, named as in the full plan; under a variant, arms are prefixed
     dose = ab.make_plan(get_profile("smoke", "seed=1", "s1"), ["dose"])
     assert [(v, o) for v, o, _ in dose] == [("s1-abl-cf_source-identity", "seed=1 pretrain.cf_source=identity"),

@@ -315,3 +315,23 @@ def test_cf_gain_mixes_the_views_and_labels_choose_the_masks():
     assert pt.pretrain_run(small_profile(**{"pretrain.labels": "gold"}), "dvd_cl").key == pt.pretrain_run(base, "dvd_cl").key
     with pytest.raises(ValueError, match="pretrain.labels='gold'"):
         pt.PretrainData(small_profile(**{"pretrain.labels": "gold"}), "chexmask", split=synthetic_split()[0])
+
+
+def test_a_replicate_is_another_pretraining_seed_and_replicate_zero_is_the_profiles_run(runs):
+    """``pretrain.replicate``: 0 keeps the run (key and seed) of the profile; r > 0 is a run of its own with
+    another seed for the initialisation, batches, views and pixels (different weights from the same data and
+    settings), reproducible, and fine-tuning None does not depend on it."""
+    from cfcl.finetune import finetune_run
+
+    base = small_profile(**{"pretrain.steps": 2})
+    zero, one = small_profile(**{"pretrain.steps": 2, "pretrain.replicate": 0}), small_profile(**{"pretrain.steps": 2, "pretrain.replicate": 1})
+    assert pt.pretrain_run(zero, "dvd_cl").key == pt.pretrain_run(base, "dvd_cl").key
+    assert pt.pretrain_seed(zero) == base.seed and pt.pretrain_seed(one) not in (base.seed, pt.pretrain_seed(small_profile(**{"pretrain.replicate": 2})))
+    assert pt.pretrain_run(one, "dvd_cl").key != pt.pretrain_run(base, "dvd_cl").key
+    assert finetune_run(one, "none").key == finetune_run(base, "none").key
+    assert finetune_run(one, "dvd_cl").key != finetune_run(base, "dvd_cl").key
+    weights = {}
+    for name, prof in (("zero", zero), ("one", one)):
+        run = pt.pretrain(prof, "dvd_cl", progress=False, data=_data(prof, "dvd_cl"))
+        weights[name] = load_checkpoint(run.artifact("model.pt"))["model"]
+    assert any(not torch.equal(weights["zero"][k], weights["one"][k]) for k in weights["zero"])
