@@ -6,7 +6,7 @@ size), verified against the manifest whenever it is read. The hash (:func:`confi
 DataConfig fields that change the split, :data:`PHANTOM_VERSION` and the shape bank's version, so
 a new renderer never reuses the old arrays. Each split is drawn from its own random streams
 (:func:`cfcl.data.phantom.scm.split_parents`, :func:`~cfcl.data.phantom.scm.sample_noise`), so its key
-covers only its own size (:data:`SPLIT_SIZES`): a larger test split (``data.n_test=1000``) leaves the
+covers only its own size (:data:`SPLIT_SIZES`): a larger test split (``data.n_test=2000``) leaves the
 pre-training, validation and annotated splits, and every run made from them, as they are.
 """
 from __future__ import annotations
