@@ -18,6 +18,11 @@ for comparison) it runs ``--warmup`` steps, then profiles ``--steps`` steps with
 
 Times are wall-clock times of the profiled steps (the profiler times its events in wall clock) on a
 shared machine: compare the lines of one run, not runs.
+
+``--device cuda`` profiles on a GPU (bf16 autocast and channels_last, as the loop does there): the
+breakdown is then the GPU time of the kernels launched inside each label (the CPU only launches
+them), ``other`` the step's wall time left over (launch gaps, synchronisation, Python), and the top
+operators are sorted by their own GPU time.
 """
 from __future__ import annotations
 
@@ -38,32 +43,37 @@ from cfcl.methods import PRETRAIN_METHODS  # noqa: E402
 LABELS = ("views", "sampling", "network", "gather", "loss", "backward", "optimiser")
 
 
-def breakdown(prof, n_steps: int, total_ms: float) -> dict[str, float]:
-    """ms per step of each ``cfcl::`` label (CPU total: includes the ops inside the label)."""
+def breakdown(prof, n_steps: int, total_ms: float, gpu: bool = False) -> dict[str, float]:
+    """ms per step of each ``cfcl::`` label (CPU total: includes the ops inside the label; on a GPU
+    the device time of the kernels inside it)."""
     per = {lab: 0.0 for lab in LABELS}
     for evt in prof.key_averages():
         if evt.key.startswith("cfcl::"):
             lab = evt.key.split("::", 1)[1]
             if lab in per:
-                per[lab] += evt.cpu_time_total / 1000 / n_steps
+                t = getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) if gpu else evt.cpu_time_total
+                per[lab] += t / 1000 / n_steps
     per["other"] = max(total_ms - sum(per.values()), 0.0)
     return per
 
 
-def run_one(name: str, step, n_steps: int, warmup: int, top: int) -> dict[str, float]:
+def run_one(name: str, step, n_steps: int, warmup: int, top: int, gpu: bool = False) -> dict[str, float]:
     for i in range(warmup):
         step(i)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
         t0 = time.perf_counter()
         for i in range(n_steps):
             step(warmup + i)
+        sync()
         total = (time.perf_counter() - t0) * 1000 / n_steps
-    per = breakdown(prof, n_steps, total)
+    per = breakdown(prof, n_steps, total, gpu)
     print(f"\n=== {name}: {total:.0f} ms per step (wall, profiled)")
     print("  " + "  ".join(f"{k} {v:.0f} ({100 * v / total:.0f}%)" for k, v in per.items()))
     if top:
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top,
-                                        max_name_column_width=50))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total" if gpu else "self_cpu_time_total",
+                                        row_limit=top, max_name_column_width=50))
     return {"total": total, **per}
 
 
@@ -77,26 +87,30 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prof = get_profile(args.profile, args.overrides)
-    net, opt = S.network(prof)
+    dev, gpu = args.device, args.device == "cuda"
+    net, opt = S.network(prof, dev, channels_last=gpu)
     B = prof.pretrain.batch_size
     print(f"profile {args.profile} {' '.join(args.overrides)}: {prof.pretrain.encoder}, {prof.data.image_size} px, "
           f"batch {B}, {prof.pretrain.pixels_per_view} px/view, {args.threads} thread(s), torch {torch.__version__}")
     rows = {}
     for v in sorted({S.n_views(m) for m in args.methods}):
-        rows[f"bare x{v}"] = run_one(f"bare U-Net step, {B} x {v} images", S.bare_step(net, opt, prof, B * v),
-                                     args.steps, args.warmup, 0)
+        rows[f"bare x{v}"] = run_one(f"bare U-Net step, {B} x {v} images",
+                                     S.bare_step(net, opt, prof, B * v, dev, channels_last=gpu),
+                                     args.steps, args.warmup, 0, gpu)
     for m in args.methods:
-        rows[m] = run_one(f"{m} ({S.n_views(m)} views)", S.method_step(net, opt, prof, m), args.steps,
-                          args.warmup, args.top)
+        rows[m] = run_one(f"{m} ({S.n_views(m)} views)", S.method_step(net, opt, prof, m, dev), args.steps,
+                          args.warmup, args.top, gpu)
     if not args.no_finetune:
         fb = prof.finetune.batch_size
-        rows[f"bare ft x{fb}"] = run_one(f"bare U-Net step, {fb} images", S.bare_step(net, opt, prof, fb),
-                                         args.steps, args.warmup, 0)
-        rows["finetune"] = run_one("fine-tuning step", S.finetune_step(net, opt, prof), args.steps, args.warmup,
-                                   args.top)
+        rows[f"bare ft x{fb}"] = run_one(f"bare U-Net step, {fb} images",
+                                         S.bare_step(net, opt, prof, fb, dev, channels_last=gpu),
+                                         args.steps, args.warmup, 0, gpu)
+        rows["finetune"] = run_one("fine-tuning step", S.finetune_step(net, opt, prof, dev), args.steps,
+                                   args.warmup, args.top, gpu)
     print("\nSummary (ms per step, wall clock)")
     cols = ["total", *LABELS, "other"]
     print("| step | " + " | ".join(cols) + " |")

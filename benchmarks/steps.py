@@ -120,9 +120,10 @@ def bare_step(net, opt, prof: Profile, images: int, device: str = "cpu", channel
     return step
 
 
-def finetune_step(net, opt, prof: Profile) -> Step:
+def finetune_step(net, opt, prof: Profile, device: str = "cpu") -> Step:
     """One step of :func:`cfcl.finetune.train_fold`: geometric augmentation of images and gold
-    masks (one sampling grid), cross-entropy + soft Dice, AdamW."""
+    masks (one sampling grid, on the CPU as the loop does), cross-entropy + soft Dice, AdamW on
+    ``device`` (bf16 autocast and channels_last on a GPU, in :func:`cfcl.finetune.train_step`)."""
     B, size = prof.finetune.batch_size, prof.data.image_size
     data = fake_data(max(B, 8), size, "chexmask", prof)
     x_all = torch.from_numpy(data.images[:B].astype(np.float32) / 255)[:, None]
@@ -142,6 +143,6 @@ def finetune_step(net, opt, prof: Profile) -> Step:
     def step(i: int) -> torch.Tensor:
         with record_function("cfcl::views"):
             x, y = ft.augment_batch(x_all, y_all, aug, gen)
-        return ft.train_step(net, opt, x, y)
+        return ft.train_step(net, opt, x.to(device), y.to(device))
 
     return step

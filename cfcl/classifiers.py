@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
+from cfcl.device import default_device
 from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint, resume
@@ -80,8 +81,8 @@ def augment_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Te
     x = augment(x, generator)
     pho = torch.rand(x.shape[0], generator=generator) < PHOTOMETRIC_SHARE
     if bool(pho.any()):
-        x = x.clone()
-        x[pho] = intensity((x[pho] + 1.0) / 2.0, PHOTOMETRIC, generator) * 2.0 - 1.0
+        x, on = x.clone(), pho.to(x.device)
+        x[on] = intensity((x[on] + 1.0) / 2.0, PHOTOMETRIC, generator) * 2.0 - 1.0
     return x, pho
 
 
@@ -196,7 +197,8 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
         started = time.perf_counter()
         seed = profile.seed + settings.get("seed_offset", 0)
         torch.manual_seed(seed)
-        model = ParentClassifier(width)
+        device = default_device()
+        model = ParentClassifier(width).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
         epoch, seconds = 0, 0.0
         last = run.path("last.pt")
@@ -205,7 +207,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
             epoch, seconds = int(ck["epoch"]), float(ck.get("seconds", 0.0))
         train = load_split(profile, "pretrain")
         images, parents = _training_pool(train, role)
-        pa = parents_tensor(parents)
+        pa = parents_tensor(parents).to(device)
         cells = 2 * parents["scanner"].to_numpy() + parents["effusion"].to_numpy()
         bs = profile.hvae.batch_size
         n_batches = math.ceil(len(train) / bs)  # the same compute per epoch for both roles
@@ -217,13 +219,13 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
             gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
             for idx in cell_batches(cells, bs, n_batches, rng):
                 idx = np.sort(idx)
-                x = to_model_space(images[idx])
-                weight = torch.ones(len(idx), len(PARENTS))
+                x = to_model_space(images[idx]).to(device)
+                weight = torch.ones(len(idx), len(PARENTS), device=device)
                 if settings["augment"] == "geometry":
                     x = augment(x, gen)
                 elif settings["augment"] == "views":
                     x, pho = augment_views(x, gen)
-                    weight[pho, PARENTS.index("scanner")] = 0.0
+                    weight[pho.to(device), PARENTS.index("scanner")] = 0.0
                 logits = model(x)
                 loss = (F.binary_cross_entropy_with_logits(logits, pa[idx], reduction="none") * weight).sum(0)
                 loss = (loss / weight.sum(0).clamp(min=1)).mean()  # mean per head, then over heads
@@ -257,7 +259,9 @@ def load_classifiers(profile: Profile, role: str = "teacher") -> ParentClassifie
 def predict_parents(model: ParentClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Probabilities ``(N, 3)`` of (sex = M, scanner = Philips, effusion) for uint8 ``(N, H, W)`` images."""
     model.eval()
-    out = [torch.sigmoid(model(to_model_space(images[i:i + batch_size]))) for i in range(0, len(images), batch_size)]
+    device = next(model.parameters()).device
+    out = [torch.sigmoid(model(to_model_space(images[i:i + batch_size]).to(device))).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, len(PARENTS)), np.float32)
 
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
+from cfcl.device import default_device
 from cfcl.hvae import HVAE, counterfactual_model_run, elbo_only, load_counterfactual_model
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
@@ -53,7 +54,9 @@ def counterfactual(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.
     if pa.shape != cf_pa.shape or pa.shape[0] != x.shape[0]:
         raise ValueError(f"pa {tuple(pa.shape)} and cf_pa {tuple(cf_pa.shape)} must both be (B, P) with B = {x.shape[0]}")
     model.eval()
-    return model.counterfactual(x, pa, cf_pa, t=t, alpha=alpha, generator=generator)
+    device = next(model.parameters()).device  # the model's device; the result on x's
+    return model.counterfactual(x.to(device), pa.to(device), cf_pa.to(device), t=t, alpha=alpha,
+                                generator=generator).to(x.device)
 
 
 def counterfactual_images(model: HVAE, images: np.ndarray, pa: torch.Tensor, cf_pa: torch.Tensor,
@@ -112,7 +115,7 @@ def generate(profile: Profile, split: str = "pretrain", progress: bool = True, t
 def _generate(profile: Profile, run: Run, split: str, progress: bool, t: float, alpha: float,
               batch_size: int | None) -> None:
     started = time.perf_counter()
-    model = load_counterfactual_model(profile)
+    model = load_counterfactual_model(profile).to(default_device())
     data = load_split(profile, split)
     pa = parents_tensor(data.parents)
     n, (H, W) = len(data), data.images.shape[1:]
@@ -260,7 +263,7 @@ def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, 
     """Quality rows of the counterfactual model of ``profile`` (generating its split if needed)."""
     from cfcl.classifiers import predict_parents
 
-    model = load_counterfactual_model(profile)
+    model = load_counterfactual_model(profile).to(default_device())
     cf = np.asarray(generate(profile, split, progress=progress, t=t, alpha=alpha))
     pa = parents_tensor(data.parents)
     bs = profile.hvae.cf_batch_size

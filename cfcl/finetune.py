@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from cfcl import metrics, views
 from cfcl.config import Profile, get_profile
 from cfcl.data import data_run, load_split
+from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
 from cfcl.models import N_CLASSES, build_model, load_pretrained
 from cfcl.paths import atomic_path, runs_dir
@@ -107,7 +108,9 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32) ->
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.asarray(images[i:i + batch_size], dtype=np.float32) / 255.0)[:, None].to(device)
-        out.append(model(x).argmax(1).to(torch.uint8).cpu().numpy())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+            logits = model(x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x)
+        out.append(logits.argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
 
 
@@ -121,10 +124,12 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, aug: views.AugmentConfig,
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One fine-tuning step: cross-entropy + soft Dice on the augmented batch, AdamW."""
-    with record_function("cfcl::network"):
-        logits = model(x)
+    """One fine-tuning step: cross-entropy + soft Dice on the augmented batch, AdamW. On a GPU the
+    network runs under bf16 autocast in channels_last (as pre-training does), the loss in float32."""
+    with record_function("cfcl::network"), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        logits = model(x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x)
     with record_function("cfcl::loss"):
+        logits = logits.float()
         loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
     opt.zero_grad(set_to_none=True)
     with record_function("cfcl::backward"):
@@ -145,6 +150,10 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim)
     if state is not None:
         load_pretrained(model, state, method)
+    device = default_device()
+    model.to(device)
+    if device == "cuda":
+        model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     x_all = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     y_all = torch.from_numpy(np.asarray(gold, dtype=np.float32))[:, None]
@@ -159,8 +168,8 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x, y = augment_batch(x_all[idx], y_all[idx], aug, gen)
-            train_step(model, opt, x, y)
+            x, y = augment_batch(x_all[idx], y_all[idx], aug, gen)  # on the CPU: the same draws on any device
+            train_step(model, opt, x.to(device), y.to(device))
     return model
 
 

@@ -55,6 +55,7 @@ from cfcl import losses, views
 from cfcl.config import Profile, get_profile
 from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
+from cfcl.device import default_device
 from cfcl.models import build_model
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint, resume
@@ -383,7 +384,7 @@ def pretrain(profile: Profile, method: str, progress: bool = True, stop_after: i
 def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, distributed: bool, progress: bool,
            stop_after: int | None, freeze_bn: bool, device: str | None, data: PretrainData | None) -> None:
     cfg, method = profile.pretrain, spec.name
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if device == "cuda" and distributed:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     data = data if data is not None else PretrainData(profile, method)

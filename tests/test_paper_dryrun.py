@@ -75,3 +75,6 @@ def test_gpu_benchmark_dry_run(tmp_path):
     for method in pt.METHODS:
         if pt.METHODS[method].pretrained:
             assert f"| {method} |" in text
+    for stage in ("HVAE ELBO step", "HVAE counterfactual fine-tuning step", "fine-tuning step"):
+        assert f"| {stage} |" in text
+    assert "Projected device time of `make reproduce PROFILE=paper`" in text

@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
+from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
 from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
 from cfcl.parents import parents_tensor, to_model_space
@@ -164,6 +165,7 @@ def elbo_constraint(model: HVAE, images: np.ndarray, pa: torch.Tensor, beta: flo
     ``max_images``, a seeded draw), weighted as the fine-tuning batches are (``fraction`` of
     effusion images), plus ``slack``. Deterministic for a seed."""
     model.eval()
+    device = next(model.parameters()).device
     n = len(images)
     rng = np.random.default_rng([seed, 29])
     sel = np.sort(rng.choice(n, max_images, replace=False)) if n > max_images else np.arange(n)
@@ -171,8 +173,9 @@ def elbo_constraint(model: HVAE, images: np.ndarray, pa: torch.Tensor, beta: flo
     losses = []
     for lo in range(0, len(sel), batch_size):
         b = sel[lo:lo + batch_size]
-        losses.append(model(to_model_space(images[b]), pa[b], beta=beta, generator=g, per_image=True)["loss"])
-    loss = torch.cat(losses).double().numpy()
+        losses.append(model(to_model_space(images[b]).to(device), pa[b].to(device), beta=beta, generator=g,
+                            per_image=True)["loss"])
+    loss = torch.cat(losses).double().cpu().numpy()
     eff = pa[sel, PARENTS.index("effusion")].numpy() > 0.5
     if fraction > 0 and eff.any() and (~eff).any():
         value = fraction * loss[eff].mean() + (1 - fraction) * loss[~eff].mean()
@@ -281,15 +284,17 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     hv = profile.hvae
     started = time.perf_counter()
     start = load_checkpoint(run.upstream["hvae"].artifact("hvae.pt"))
+    device = default_device()
     model = HVAE.from_config(start["model_config"])
     model.load_state_dict(start["ema"])
+    model.to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    predictor = load_classifiers(profile)
+    predictor = load_classifiers(profile).to(device)
     for p in predictor.parameters():
         p.requires_grad_(False)
-    lmbda = nn.Parameter(torch.zeros(1))
+    lmbda = nn.Parameter(torch.zeros(1, device=device))
     opt, lag_opt = make_optimizers(model, lmbda, hv.cf_lr, hv.cf_lr_lagrange)
     train = load_split(profile, "pretrain")
     pa_all = parents_tensor(train.parents)
@@ -327,8 +332,10 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         rng = np.random.default_rng([profile.seed, 23, step])
         idx, which = draw_batch(effusion, hv.batch_size, hv.cf_effusion_fraction, hv.cf_effusion_weight, rng)
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        x, pa = to_model_space(train.images[idx]), pa_all[idx]
-        out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, flip_parents(pa, torch.as_tensor(which)),
+        pa = pa_all[idx]
+        cf_pa = flip_parents(pa, torch.as_tensor(which)).to(device)
+        x, pa = to_model_space(train.images[idx]).to(device), pa.to(device)
+        out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
                       eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
                       ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep, l1=hv.cf_l1,
                       generator=gen)

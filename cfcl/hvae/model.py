@@ -342,5 +342,9 @@ class HVAE(nn.Module):
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    """Standard normal noise shaped like ``like``, drawn on the generator's device (a CPU generator
+    drives a model on the GPU: the random stream is the same on every device)."""
+    if generator is None or generator.device == like.device:
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=generator.device).to(like.device)
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cfcl.config import HVAEConfig, Profile
 from cfcl.data import ChestSplit, data_run, load_split
+from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
 from cfcl.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
@@ -117,12 +118,13 @@ def load_hvae(profile: Profile, ema: bool = True) -> HVAE:
 def evaluate_loss(model: HVAE, split: ChestSplit, beta: float, batch_size: int, seed: int) -> dict[str, float]:
     """Mean loss/nll/kl (nats per pixel) of ``model`` over a split, deterministic for a seed."""
     model.eval()
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    pa_all = parents_tensor(split.parents)
+    pa_all = parents_tensor(split.parents).to(device)
     totals = dict(loss=0.0, nll=0.0, kl=0.0)
     n = len(split)
     for start in range(0, n, batch_size):
-        x = to_model_space(split.images[start:start + batch_size])
+        x = to_model_space(split.images[start:start + batch_size]).to(device)
         out = model(x, pa_all[start:start + batch_size], beta=beta, generator=g)
         for k in totals:
             totals[k] += float(out[k]) * len(x)
@@ -135,7 +137,7 @@ def save_sample_grid(model: HVAE, path: Path, per_setting: int = 4, t: float = 0
     from PIL import Image
 
     g = torch.Generator().manual_seed(seed)
-    pa = PARENT_SETTINGS.repeat_interleave(per_setting, 0)
+    pa = PARENT_SETTINGS.repeat_interleave(per_setting, 0).to(next(model.parameters()).device)
     imgs = to_uint8(model.sample(pa, t=t, generator=g))
     n, H, W = imgs.shape
     grid = imgs.reshape(len(PARENT_SETTINGS), per_setting, H, W).transpose(0, 2, 1, 3).reshape(len(PARENT_SETTINGS) * H, per_setting * W)
@@ -164,7 +166,8 @@ def train_hvae(profile: Profile, progress: bool = True, sample_every: int | None
 def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None, max_epochs: int | None) -> Run:
     hv = profile.hvae
     train, val = load_split(profile, "pretrain"), load_split(profile, "val")
-    model = build_model(profile)
+    device = default_device()
+    model = build_model(profile).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -179,7 +182,7 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
         if run.path("log.csv").exists():
             log_rows = pd.read_csv(run.path("log.csv")).query("epoch <= @epoch").to_dict("records")
 
-    pa_train = parents_tensor(train.parents)
+    pa_train = parents_tensor(train.parents).to(device)
     effusion = train.parents["effusion"].to_numpy()
     sample_every = sample_every or max(1, hv.epochs // 5)
     steps_per_epoch = math.ceil(len(train) / hv.batch_size)
@@ -193,7 +196,7 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
         batches = oversampled_batches(effusion, hv.batch_size, hv.effusion_oversample, rng)
         for idx in batches:
             idx = np.sort(idx)
-            x = to_model_space(train.images[idx])
+            x = to_model_space(train.images[idx]).to(device)
             for group in opt.param_groups:
                 group["lr"] = hv.lr * min(1.0, (step + 1) / max(1, WARMUP_STEPS))
             out = train_step(model, ema, opt, x, pa_train[idx], hv.beta, hv.grad_clip, hv.grad_skip,
