@@ -117,8 +117,15 @@ hvae: $(NB)/02_counterfactuals.ipynb ## Train the HVAE, generate and score count
 pretrain: $(METHODS:%=$(NB)/03_pretrain-%.ipynb) ## Pre-train all eight methods (03)
 finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, 5 folds each (04)
 
+# With SET="pretrain.seeds=R" the pre-training replicates beyond the profile's own (cfcl/replicates.py) are
+# pre-trained and fine-tuned first, each as a variant <VARIANT>-pr<k>; notebook 06 averages over all of them.
 reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIANT=name SET="k=v ...", ONLY="methods", JOBS=2)
 	rm -rf $(NB)/.times
+	@mkdir -p $(NB)
+	$(PY) -m cfcl.replicates plan $(PROFILE) -- $(SET) $(if $(VARIANT),variant=$(VARIANT)) $(ONLY:%=only=%) > $(NB)/.replicates
+	while IFS='|' read -r v s o; do \
+	  $(MAKE) -j$(JOBS) finetune PROFILE=$(PROFILE) VARIANT="$$v" SET="$$s" ONLY="$$o" || exit 1; \
+	done < $(NB)/.replicates
 	$(MAKE) -j$(JOBS) $(if $(PROPOSED),$(NB)/05_latent_space.ipynb) $(NB)/06_results.ipynb
 	$(PY) -m cfcl.outputs timings $(NB) $(LABEL)
 	@echo "done: figures/$(LABEL)/ and $(NB)/"

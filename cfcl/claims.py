@@ -9,8 +9,11 @@ form one family: intervals at the Bonferroni level and Holm-adjusted p-values ov
 The seed spread: per image, the metric is averaged over the fine-tuning seeds before the contrast, so
 the interval is over images. With several seeds, each contrast is also estimated on every seed's
 models alone (``seed_min``, ``seed_max``, ``seed_sd``), and a verdict other than inconclusive also needs
-every seed's estimate on its side of 0 (a contrast that one seed reverses is inconclusive). One
-pre-training run per method: the pre-training seed is not in these figures.
+every seed's estimate on its side of 0 (a contrast that one seed reverses is inconclusive). With
+``pretrain.seeds = R > 1`` (:mod:`cfcl.replicates`) the per-image values also average over the R pre-training
+replicates, and the spread is over every (pre-training replicate, fine-tuning seed) pair
+(:func:`cfcl.results.per_image_by_seed`); with one pre-training run per method (the default) the
+pre-training seed is not in these figures.
 
 The contrasts (``CLAIMS``):
 

@@ -153,6 +153,8 @@ class PretrainConfig:
     replicate: int = setting(0, lo=0, doc="pre-training replicate: 0 the profile's run; r > 0 another seed for the "
                                           "network's initialisation, batches, views and pixels (the seed spread "
                                           "of pre-training; the replicate ablation), fine-tuning seeds unchanged")
+    seeds: int = setting(1, lo=1, doc="pre-training replicates per method that the results and claims average over "
+                                      "(replicate, replicate + 1, ...; cfcl.replicates); never in a run's key")
     checkpoint_every: int = setting(100, lo=1)
     num_workers: int = setting(0, lo=0)
     compile: bool = setting(False, doc="torch.compile the network (inductor; never changes the run's key). "

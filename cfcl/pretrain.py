@@ -24,8 +24,8 @@ method's pre-training is one run of the run layer (:mod:`cfcl.runs`):
 ``runs/<profile>/pretrain/<method>-<key>/`` with ``model.pt`` and ``losses.csv``; the key covers
 the method, the pre-training settings (``cf_source`` and ``cf_gain`` only for the counterfactual methods,
 ``labels`` only for the supervised ones, ``cf_gain``, ``labels`` and ``replicate`` only away from their neutral
-values 1, "silver" and 0 so that runs made before they existed stay valid; ``checkpoint_every``, ``num_workers`` and
-``compile`` never), the seed, the data and, with HVAE views, the
+values 1, "silver" and 0 so that runs made before they existed stay valid; ``checkpoint_every``, ``num_workers``,
+``compile`` and ``seeds`` never), the seed, the data and, with HVAE views, the
 counterfactual run. It never makes its upstream: missing counterfactuals are an error naming the
 command that makes them. Multi-GPU / multi-node through torch.distributed (``torchrun``, DDP): every rank
 builds the same global batch and keeps its share, so the loss with ``negatives="image"`` equals
@@ -61,7 +61,7 @@ from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint, resume
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
-NOT_TRAINING = ("checkpoint_every", "num_workers", "compile")
+NOT_TRAINING = ("checkpoint_every", "num_workers", "compile", "seeds")
 ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0}
 
 

@@ -20,6 +20,7 @@ from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
 from cfcl.finetune import fold_metrics, fold_runs, load_fold
 from cfcl.methods import FINETUNE_METHODS, METHODS, TABLE2_COLUMNS
+from cfcl.replicates import replicate_profiles
 
 COLUMNS = TABLE2_COLUMNS
 
@@ -112,10 +113,26 @@ def robustness(profile: Profile, method: str, regions: np.ndarray | None = None)
     return mean
 
 
+def _replicates(profile: Profile, method: str, replicate: int | None) -> list[Profile]:
+    """The profiles whose fine-tuned models of ``method`` the results average: every pre-training replicate
+    (:mod:`cfcl.replicates`), or ``replicate`` alone; one for a method that pre-trains nothing."""
+    if not METHODS[method].pretrained:
+        return [profile]
+    profs = replicate_profiles(profile)
+    if replicate is None:
+        return profs
+    chosen = [p for p in profs if p.pretrain.replicate == replicate]
+    if not chosen:
+        raise ValueError(f"pre-training replicate {replicate} is not among {[p.pretrain.replicate for p in profs]} "
+                         f"(pretrain.replicate={profile.pretrain.replicate}, pretrain.seeds={profile.pretrain.seeds})")
+    return chosen
+
+
 def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = None,
-                   seed: int | None = None) -> pd.DataFrame:
+                   seed: int | None = None, replicate: int | None = None) -> pd.DataFrame:
     """Per-image metrics of ``method`` on the held-out test split, each the mean over the fold models
-    (every fold and fine-tuning seed; ``seed``: the fold models of that fine-tuning replicate only).
+    (every fold, fine-tuning seed and pre-training replicate, ``pretrain.seeds``; ``seed``: the fold models
+    of that fine-tuning seed only; ``replicate``: those of that pre-training replicate only).
 
     Columns ``dsc``, ``dsc_right``, ``dsc_left``, ``hd95``, ``asd`` (:func:`cfcl.metrics.segmentation_table`),
     ``lower_dice`` (:func:`cfcl.metrics.lower_field_dice`: the lung bases, where fluid hides the lung),
@@ -127,16 +144,16 @@ def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = N
     without a labelled test split), the cross-validation test folds' images instead (each tested once)."""
     test = load_split(profile, "test")
     if test.gold is None:  # real data without a labelled test split: the cross-validation test folds
-        return _cv_per_image(profile, method, seed)
+        return _cv_per_image(profile, method, seed, replicate)
     gold, eff = np.asarray(test.gold), test.parents["effusion"].to_numpy().astype(int)
     hidden = None
     if regions is not None:
         hidden = regions[:, INTERVENTIONS.index("effusion")] & (eff == 1)[:, None, None]
     tables = []
-    for r, k in fold_runs(profile):
+    for prof, r, k in ((p, r, k) for p in _replicates(profile, method, replicate) for r, k in fold_runs(p)):
         if seed is not None and r != seed:
             continue
-        pred = load_fold(profile, method, k, r)["test_pred"]
+        pred = load_fold(prof, method, k, r)["test_pred"]
         t = metrics.segmentation_table(pred, gold, eff)
         t["lower_dice"] = metrics.lower_field_dice(pred, gold)
         if hidden is not None:
@@ -148,16 +165,30 @@ def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = N
     return out
 
 
-def _cv_per_image(profile: Profile, method: str, seed: int | None = None) -> pd.DataFrame:
+def _cv_per_image(profile: Profile, method: str, seed: int | None = None,
+                  replicate: int | None = None) -> pd.DataFrame:
     """Per-image metrics of the cross-validation test folds (each annotated image tested by the model of
-    its fold, averaged over the fine-tuning seeds), indexed by annotated image: the claims' unit when the
-    test split has no gold."""
-    t = fold_metrics(profile, method)
+    its fold, averaged over the fine-tuning seeds and pre-training replicates), indexed by annotated
+    image: the claims' unit when the test split has no gold."""
+    t = pd.concat([fold_metrics(p, method) for p in _replicates(profile, method, replicate)], ignore_index=True)
     t = t if seed is None else t[t["seed"] == seed]
     t = t.drop(columns=["method", "fold", "seed"]).groupby("index").mean()
     t["effusion"] = t["effusion"].astype(int)
     t.index.name = "image"
     return t
+
+
+def per_image_by_seed(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None
+                      ) -> list[dict[str, pd.DataFrame]] | None:
+    """The per-image tables of ``methods`` (:func:`test_per_image`) on each (pre-training replicate,
+    fine-tuning seed) alone: the seed spread the claims check (:func:`cfcl.claims.decide`'s ``per_seed``);
+    None with a single one."""
+    reps = [p.pretrain.replicate for p in replicate_profiles(profile)]
+    combos = [(r, s) for r in reps for s in range(profile.finetune.seeds)]
+    if len(combos) < 2:
+        return None
+    return [{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None)
+             for m in methods} for r, s in combos]
 
 
 def table2_test(per_image: dict[str, pd.DataFrame], n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
