@@ -1,7 +1,8 @@
 """Pre-training replicates: the seed spread of pre-training in the results (the claims issue, section 1).
 
 One pre-training run per method leaves the pre-training seed out of every interval, and on the phantom
-that seed alone moved DVD-CL's hidden-lung recall by 3.6 points (figures/cpu/ablations/replicate_dvd_cl.csv).
+that seed alone moved the hidden-lung recall by 3.6 (DVD-CL) and 6.0 points (S-MVD-CL;
+figures/cpu/ablations/replicate.md).
 ``pretrain.seeds = R`` asks the results to stand on R pre-training runs per method: replicates
 ``r0, ..., r0 + R - 1`` with ``r0 = pretrain.replicate`` (0: the profile's own run). Each replicate is
 its own pre-training run (:func:`cfcl.pretrain.pretrain_seed`) and its own fine-tuning run (the same
