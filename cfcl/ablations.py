@@ -144,11 +144,12 @@ def arm_profile(profile, ablation: str, arm: str):
 def available(profile) -> tuple[list[str], dict[str, str]]:
     """The ablations whose every (arm, method) has finished fine-tuning under ``profile``, and for the others
     the command that makes them (notebook 07 without an explicit list reports those, it does not run them)."""
-    from cfcl.finetune import finetune_run
+    from cfcl.finetune import finetune_runs
 
     done, missing = [], {}
     for name, ab in ABLATIONS.items():
-        if all(finetune_run(arm_profile(profile, name, arm), m).is_finished() for arm in ab.arms for m in ab.methods):
+        if all(run.is_finished() for arm in ab.arms for m in ab.methods
+               for run in finetune_runs(arm_profile(profile, name, arm), m)):
             done.append(name)
         else:
             missing[name] = f"make ablations {profile.make_args()} ABLATIONS={name}"

@@ -171,8 +171,9 @@ class FinetuneConfig:
     batch_size: int = setting(8, lo=2, doc="BatchNorm needs two images")
     lr: float = setting(3e-4, lo=1e-12, hi=10.0)
     weight_decay: float = setting(1e-4, lo=0.0)
-    seeds: int = setting(1, lo=1, doc="fine-tuning seeds per fold (beyond the paper's one): results average over "
-                                      "them and keep them per image (cfcl.finetune)")
+    seeds: int = setting(1, lo=1, doc="fine-tuning seeds per fold (beyond the paper's one; each its own run, "
+                                      "replicate 0 the run of seeds=1): results average over them and keep "
+                                      "them per image (cfcl.finetune)")
 
 
 @dataclass(frozen=True)

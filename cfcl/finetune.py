@@ -14,13 +14,15 @@ exact label warping), the last epoch's weights (no model selection on the test f
 Fine-tuning seeds (``finetune.seeds``, beyond the paper, which reports one run per fold): each fold is
 fine-tuned ``seeds`` times from the same checkpoint on the same images, replicate ``r`` seeding its
 initialisation of the new layers, batch order and augmentation with ``profile.seed * 1000 + fold +
-100000 r`` (replicate 0 is the single run of ``seeds=1``). Every per-image table keeps the replicate
-(column ``seed``); Table 2's fold means and the test split's per-image values average over them.
+100000 r``. Every per-image table keeps the replicate (column ``seed``); Table 2's fold means and the
+test split's per-image values average over them.
 
-Each method's fine-tuning is one run of the run layer (:mod:`cfcl.runs`):
-``runs/<profile>/finetune/<method>-<key>/fold<k>.npz`` (``fold<k>-seed<r>.npz`` for replicates r >= 1);
-the key covers the method, the fine-tuning
-settings, the seed, the data and the pre-training run. Each fold also records the SHA-256 of the
+Each fine-tuning seed of a method is one run of the run layer (:mod:`cfcl.runs`):
+``runs/<profile>/finetune/<method>-<key>/fold<k>.npz`` for replicate 0 and
+``<method>-seed<r>-<key>/fold<k>-seed<r>.npz`` for replicate r >= 1. ``seeds`` itself never enters a
+key (as ``pretrain.seeds``): replicate 0 *is* the run of ``seeds=1``, so asking for three seeds reuses
+it and fine-tunes only the two new ones. The key covers the method, the other fine-tuning settings,
+the replicate, the seed, the data and the pre-training run. Each fold also records the SHA-256 of the
 checkpoint it started from, so a fold made from another checkpoint (a pre-training run redone
 with the same settings) is redone, never mixed in. Fine-tuning never pre-trains: a missing
 checkpoint is an error naming the command that makes it.
@@ -84,10 +86,17 @@ def fold_runs(profile: Profile) -> list[tuple[int, int]]:
     return [(r, k) for r in range(profile.finetune.seeds) for k in range(profile.finetune.folds)]
 
 
-def finetune_run(profile: Profile, method: str) -> Run:
-    """The fine-tuning run of ``method`` (the five folds; see the module docstring)."""
+def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
+    """The fine-tuning run of ``method``, fine-tuning seed ``replicate`` (its five folds; see the module
+    docstring). ``finetune.seeds`` is not part of the key: replicate 0 is the same run for any ``seeds``."""
     spec = get(method)
-    settings = {"method": method, "finetune": profile.section("finetune"), "seed": profile.seed}
+    if not 0 <= replicate < profile.finetune.seeds:
+        raise ValueError(f"fine-tuning replicate {replicate} of {method}: the profile has finetune.seeds="
+                         f"{profile.finetune.seeds} (replicates 0 to {profile.finetune.seeds - 1})")
+    # seeds=1 in the key keeps the keys of runs made before replicates were runs of their own
+    settings = {"method": method, "finetune": {**profile.section("finetune"), "seeds": 1}, "seed": profile.seed}
+    if replicate:
+        settings["replicate"] = replicate
     upstream = {"data/annotated": data_run(profile, "annotated"), "data/test": data_run(profile, "test")}
     if spec.pretrained:
         from cfcl.pretrain import pretrain_run
@@ -95,9 +104,15 @@ def finetune_run(profile: Profile, method: str) -> Run:
         upstream["pretrain"] = pretrain_run(profile, method)
     else:  # from random initialisation: the architecture is all that matters of pre-training
         settings["network"] = {"encoder": profile.pretrain.encoder, "embed_dim": profile.pretrain.embed_dim}
-    return Run("finetune", method, settings, runs_dir(profile.name), upstream,
+    label = method if replicate == 0 else f"{method}-seed{replicate}"
+    return Run("finetune", label, settings, runs_dir(profile.name), upstream,
                remake=f"python -m cfcl.finetune {profile.cli()} --method {method}"
                       f"  (or: make finetune {profile.make_args()})")
+
+
+def finetune_runs(profile: Profile, method: str) -> list[Run]:
+    """The runs of every fine-tuning seed of ``method`` (replicates 0 to ``finetune.seeds`` - 1)."""
+    return [finetune_run(profile, method, r) for r in range(profile.finetune.seeds)]
 
 
 @torch.no_grad()
@@ -182,15 +197,15 @@ def finetune(profile: Profile, method: str, progress: bool = True) -> pd.DataFra
     checkpoint it started from), so an interrupted run resumes at the next fold; a finished run
     is verified and read back without work.
     """
-    run = finetune_run(profile, method)
-    if not run.is_finished():
-        with run.claim():
-            if not run.is_finished():
-                _finetune(profile, method, run, progress)
+    for r, run in enumerate(finetune_runs(profile, method)):
+        if not run.is_finished():
+            with run.claim():
+                if not run.is_finished():
+                    _finetune(profile, method, run, r, progress)
     return fold_metrics(profile, method)
 
 
-def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
+def _finetune(profile: Profile, method: str, run: Run, replicate: int, progress: bool) -> None:
     started = time.perf_counter()
     state, origin = None, "random"
     if get(method).pretrained:
@@ -202,9 +217,10 @@ def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
         raise ValueError("the annotated split has no gold masks: fine-tuning needs them")
     test = load_split(profile, "test")
     fold_of = folds(annotated.parents["effusion"].to_numpy(), profile.finetune.folds, profile.seed)
-    plan = fold_runs(profile)
+    plan = [(replicate, k) for k in range(profile.finetune.folds)]
     names = [fold_file(k, r) for r, k in plan]
-    for (r, k), name in zip(tqdm(plan, desc=f"folds {method}", disable=not progress), names):
+    desc = f"folds {method}" + (f" seed {replicate}" if replicate else "")
+    for (r, k), name in zip(tqdm(plan, desc=desc, disable=not progress), names):
         path = run.path(name)
         if path.exists():
             try:
@@ -231,7 +247,7 @@ def _finetune(profile: Profile, method: str, run: Run, progress: bool) -> None:
 def load_fold(profile: Profile, method: str, k: int, replicate: int = 0) -> dict[str, np.ndarray]:
     """The saved arrays of fold ``k``, fine-tuning replicate ``replicate`` (verified against the run's
     manifest)."""
-    with np.load(finetune_run(profile, method).require().artifact(fold_file(k, replicate))) as z:
+    with np.load(finetune_run(profile, method, replicate).require().artifact(fold_file(k, replicate))) as z:
         return {key: z[key] for key in z.files if key != "origin"}
 
 

@@ -37,10 +37,15 @@ def test_fine_tuning_seeds_are_replicates_kept_per_image_and_averaged(tiny):
     assert len(table) == 20 and sorted(set(table["seed"])) == [0, 1]
     for _, t in table.groupby("seed"):
         assert sorted(t["index"]) == list(range(10))
-    run = ft.finetune_run(two, "none")
-    assert sorted(run.manifest()["artifacts"]) == ["fold0-seed1.npz", "fold0.npz", "fold1-seed1.npz", "fold1.npz"]
-    # replicate 0 is the single run of seeds=1, bit for bit; replicate 1 starts from another seed
-    ft.finetune(one, "none", progress=False)
+    r0, r1 = ft.finetune_runs(two, "none")
+    assert sorted(r0.manifest()["artifacts"]) == ["fold0.npz", "fold1.npz"]
+    assert sorted(r1.manifest()["artifacts"]) == ["fold0-seed1.npz", "fold1-seed1.npz"]
+    # replicate 0 is the run of seeds=1 (same key, same folder: asking for more seeds reuses it); replicate 1
+    # is its own run and starts from another seed
+    assert ft.finetune_run(one, "none").folder == r0.folder != r1.folder and ft.finetune_run(one, "none").is_finished()
+    assert ft.finetune_run(tiny({"finetune.seeds": 3}), "none", 1).key == r1.key
+    with pytest.raises(ValueError, match="finetune.seeds=1"):
+        ft.finetune_run(one, "none", 1)
     np.testing.assert_array_equal(ft.load_fold(two, "none", 1, 0)["test_pred"], ft.load_fold(one, "none", 1)["test_pred"])
     ann = ft.load_split(one, "annotated")
     nets = [ft.train_fold(one, "none", ann.images[:8], ann.gold[:8], None, 0, False, r) for r in (0, 1)]
