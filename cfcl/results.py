@@ -128,8 +128,37 @@ def _replicates(profile: Profile, method: str, replicate: int | None) -> list[Pr
     return chosen
 
 
+def model_metrics(profile: Profile, method: str, regions: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-image metrics of every fine-tuned model of ``method`` on the held-out test split: one row per
+    (pre-training replicate, fine-tuning seed, fold, test image), columns ``replicate``, ``seed``, ``fold``,
+    ``image``, then the metrics of :func:`test_per_image`. Computed once and aggregated in several ways
+    (:func:`test_per_image`'s ``models``, :func:`per_image_by_seed`'s ``models``): the metrics are the
+    costly part of the results. Requires gold masks on the test split."""
+    test = load_split(profile, "test")
+    if test.gold is None:
+        raise ValueError("model_metrics: the test split has no gold masks (real data without a labelled test "
+                         "split); the claims use the cross-validation folds there (test_per_image)")
+    gold, eff = np.asarray(test.gold), test.parents["effusion"].to_numpy().astype(int)
+    hidden = None
+    if regions is not None:
+        hidden = regions[:, INTERVENTIONS.index("effusion")] & (eff == 1)[:, None, None]
+    tables = []
+    for prof, r, k in ((p, r, k) for p in _replicates(profile, method, None) for r, k in fold_runs(p)):
+        pred = load_fold(prof, method, k, r)["test_pred"]
+        t = metrics.segmentation_table(pred, gold, eff)
+        t["lower_dice"] = metrics.lower_field_dice(pred, gold)
+        if hidden is not None:
+            t["hidden_recall"] = metrics.hidden_lung_recall(pred, gold, hidden)
+        t.insert(0, "image", np.arange(len(t)))
+        for name, value in (("fold", k), ("seed", r), ("replicate", prof.pretrain.replicate)):
+            t.insert(0, name, value)
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True)
+
+
 def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = None,
-                   seed: int | None = None, replicate: int | None = None) -> pd.DataFrame:
+                   seed: int | None = None, replicate: int | None = None,
+                   models: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-image metrics of ``method`` on the held-out test split, each the mean over the fold models
     (every fold, fine-tuning seed and pre-training replicate, ``pretrain.seeds``; ``seed``: the fold models
     of that fine-tuning seed only; ``replicate``: those of that pre-training replicate only).
@@ -140,28 +169,24 @@ def test_per_image(profile: Profile, method: str, regions: np.ndarray | None = N
     (:func:`cfcl.metrics.hidden_lung_recall` inside the fluid that do(effusion) removes from an effusion
     image; nan on healthy images). One row per test image (index = image), so two methods pair image by
     image: the unit of the claims (:mod:`cfcl.claims`). Averaging over the fold models first keeps the
-    images independent (each was tested by all five). Where the test split has no gold masks (real data
-    without a labelled test split), the cross-validation test folds' images instead (each tested once)."""
+    images independent (each was tested by all five). ``models``: :func:`model_metrics` of the same
+    profile, method and regions, already computed (else it is computed here). Where the test split has no
+    gold masks (real data without a labelled test split), the cross-validation test folds' images instead
+    (each tested once)."""
     test = load_split(profile, "test")
     if test.gold is None:  # real data without a labelled test split: the cross-validation test folds
         return _cv_per_image(profile, method, seed, replicate)
-    gold, eff = np.asarray(test.gold), test.parents["effusion"].to_numpy().astype(int)
-    hidden = None
-    if regions is not None:
-        hidden = regions[:, INTERVENTIONS.index("effusion")] & (eff == 1)[:, None, None]
-    tables = []
-    for prof, r, k in ((p, r, k) for p in _replicates(profile, method, replicate) for r, k in fold_runs(p)):
-        if seed is not None and r != seed:
-            continue
-        pred = load_fold(prof, method, k, r)["test_pred"]
-        t = metrics.segmentation_table(pred, gold, eff)
-        t["lower_dice"] = metrics.lower_field_dice(pred, gold)
-        if hidden is not None:
-            t["hidden_recall"] = metrics.hidden_lung_recall(pred, gold, hidden)
-        tables.append(t)
-    out = pd.concat(tables).groupby(level=0).mean()  # nan (no hidden lung) is left out of the mean
-    out["effusion"] = eff
-    out.index.name = "image"
+    if replicate is not None:
+        _replicates(profile, method, replicate)  # an unknown replicate is an error naming the choices
+    models = model_metrics(profile, method, regions) if models is None else models
+    keep = np.ones(len(models), bool)
+    if seed is not None:
+        keep &= (models["seed"] == seed).to_numpy()
+    if replicate is not None and METHODS[method].pretrained:
+        keep &= (models["replicate"] == replicate).to_numpy()
+    # nan (no hidden lung) is left out of the mean
+    out = models[keep].drop(columns=["replicate", "seed", "fold"]).groupby("image").mean()
+    out["effusion"] = test.parents["effusion"].to_numpy().astype(int)
     return out
 
 
@@ -178,17 +203,32 @@ def _cv_per_image(profile: Profile, method: str, seed: int | None = None,
     return t
 
 
-def per_image_by_seed(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None
-                      ) -> list[dict[str, pd.DataFrame]] | None:
+def per_image_by_seed(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None,
+                      models: dict[str, pd.DataFrame] | None = None) -> list[dict[str, pd.DataFrame]] | None:
     """The per-image tables of ``methods`` (:func:`test_per_image`) on each (pre-training replicate,
     fine-tuning seed) alone: the seed spread the claims check (:func:`cfcl.claims.decide`'s ``per_seed``);
-    None with a single one."""
+    None with a single one. ``models``: :func:`model_metrics` per method, already computed."""
     reps = [p.pretrain.replicate for p in replicate_profiles(profile)]
     combos = [(r, s) for r in reps for s in range(profile.finetune.seeds)]
     if len(combos) < 2:
         return None
-    return [{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None)
-             for m in methods} for r, s in combos]
+    models = models or {}
+    if load_split(profile, "test").gold is not None:
+        models = {m: models[m] if m in models else model_metrics(profile, m, regions) for m in methods}
+    return [{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None,
+                               models=models.get(m)) for m in methods} for r, s in combos]
+
+
+def per_image_tables(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None
+                     ) -> tuple[dict[str, pd.DataFrame], list[dict[str, pd.DataFrame]] | None]:
+    """What the claims read: :func:`test_per_image` of every method (over all its models) and
+    :func:`per_image_by_seed`, with each model's metrics computed once (:func:`model_metrics`)."""
+    models = None
+    if load_split(profile, "test").gold is not None:
+        models = {m: model_metrics(profile, m, regions) for m in methods}
+    per_image = {m: test_per_image(profile, m, regions, models=None if models is None else models[m])
+                 for m in methods}
+    return per_image, per_image_by_seed(profile, methods, regions, models=models)
 
 
 def table2_test(per_image: dict[str, pd.DataFrame], n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:

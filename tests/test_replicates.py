@@ -64,3 +64,9 @@ def test_results_average_over_replicates(tiny):
     assert c.loc[0, "seeds"] == 2 and np.isclose(c.loc[0, "seed_min"], min(est))
     assert results.per_image_by_seed(tiny(), ("none", "vader"), regions) is None
     assert isinstance(both, pd.DataFrame)
+    # what notebook 06 reads: each model's metrics computed once, the same tables bit for bit
+    models = results.model_metrics(prof, "vader", regions)
+    assert len(models) == 2 * 2 * len(both) and sorted(set(models["replicate"])) == [0, 1]
+    per_image, per_seed = results.per_image_tables(prof, ("none", "vader"), regions)
+    assert per_image["vader"].equals(both) and per_image["none"].equals(results.test_per_image(prof, "none", regions))
+    assert all(a[m].equals(b[m]) for a, b in zip(per_seed, spread) for m in ("none", "vader"))
