@@ -23,6 +23,11 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
 - ``length``: DVD-CL with exact counterfactuals after a third of, as many as, and three times the
   profile's pre-training steps (100, 300, 900 at `cpu`) against None: the pre-training-length curve
   the profile's length is chosen from.
+- ``low_label``: fine-tuning on 10 annotated images per fold (3 healthy + 7 effusion, drawn from the fold's
+  training folds, :func:`cfcl.finetune.training_images`) against all of them (56 per fold at `cpu`), for
+  the same number of optimiser steps (``finetune.epochs`` scaled, 140 steps at `cpu`): whether pre-training
+  (DVD-CL, S-MVD-CL) gains on None, and S-MVD-CL on CheXmask-supervised pre-training, where labels are
+  scarce. Its contrasts are method against baseline within each arm.
 
 Arms with the same overrides are one run (the dose's g=0 is the ``identity`` source: x itself; g=1 is
 ``oracle``), and an arm without overrides is the profile's own run. Each arm's runs go under
@@ -58,6 +63,10 @@ class Ablation:
     cell: tuple[int, int] | None = None
 
 
+#: The low-label regime: images each fold fine-tunes on (the claims issue: 3 healthy + 7 effusion).
+LOW_LABEL = (3, 7)
+
+
 ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("cf_source", "Where the counterfactual views come from",
              {"identity": "pretrain.cf_source=identity", "hvae": "", "oracle": "pretrain.cf_source=oracle"},
@@ -87,6 +96,12 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              {"third": "pretrain.cf_source=oracle pretrain.steps={steps_third}", "profile": "pretrain.cf_source=oracle",
               "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}"},
              ("none", "dvd_cl"), tuple(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple"))),
+    Ablation("low_label", "Ten labels per fold (3 healthy + 7 effusion) against all of them",
+             {"all": "", "ten": f"finetune.train_healthy={LOW_LABEL[0]} finetune.train_effusion={LOW_LABEL[1]} "
+                                "finetune.epochs={epochs_low}"},
+             ("none", "chexmask", "dvd_cl", "s_mvd_cl"),
+             tuple((a, arm, b, arm) for arm in ("ten", "all")
+                   for a, b in (("dvd_cl", "none"), ("s_mvd_cl", "none"), ("s_mvd_cl", "chexmask")))),
 )}
 METRICS = ("dsc", "dsc_pe", "hidden_recall")
 
@@ -96,11 +111,20 @@ def arm_variant(ablation: str, arm: str) -> str:
     return f"abl-{ablation}-{arm}"
 
 
+def _steps_per_epoch(n: int, batch: int) -> int:
+    """Optimiser steps of one fine-tuning epoch over ``n`` images (a last batch of one image is skipped)."""
+    return n // batch + (1 if n % batch >= 2 else 0)
+
+
 def _resolve(over: str, profile) -> str:
     """An arm's overrides for ``profile``: ``{steps_third}`` and ``{steps_triple}`` become a third of and
-    three times the profile's pre-training steps."""
-    steps = profile.pretrain.steps
-    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps)
+    three times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
+    low-label arm (:data:`LOW_LABEL` images per fold) the profile's number of optimiser steps."""
+    steps, d, ft = profile.pretrain.steps, profile.data, profile.finetune
+    n_full = (d.n_annotated_healthy + d.n_annotated_effusion) * (ft.folds - 1) // ft.folds
+    per_epoch = _steps_per_epoch(n_full, ft.batch_size), _steps_per_epoch(sum(LOW_LABEL), ft.batch_size)
+    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps,
+                       epochs_low=max(1, round(ft.epochs * per_epoch[0] / per_epoch[1])))
 
 
 def _arms(profile, names: list[str] | None = None) -> dict[str, tuple[str, set[str]]]:

@@ -174,6 +174,9 @@ class FinetuneConfig:
     seeds: int = setting(1, lo=1, doc="fine-tuning seeds per fold (beyond the paper's one; each its own run, "
                                       "replicate 0 the run of seeds=1): results average over them and keep "
                                       "them per image (cfcl.finetune)")
+    train_healthy: int = setting(0, lo=0, doc="healthy images each fold fine-tunes on, drawn from its training "
+                                              "folds (0: all of them); the low-label regime (claims issue): 3")
+    train_effusion: int = setting(0, lo=0, doc="effusion images each fold fine-tunes on (0: all); low-label: 7")
 
 
 @dataclass(frozen=True)

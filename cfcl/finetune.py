@@ -11,6 +11,10 @@ Choices where the paper is silent (parameters in :class:`cfcl.config.FinetuneCon
 cross-entropy + soft Dice loss, light geometric augmentation (rotation, zoom, translation with
 exact label warping), the last epoch's weights (no model selection on the test fold).
 
+The low-label regime (beyond the paper; the ``low_label`` ablation): with ``finetune.train_healthy`` /
+``train_effusion`` > 0 each fold fine-tunes on that many healthy / effusion images of its training folds
+(:func:`training_images`: a fixed draw per fold, the same for every method), tested as before.
+
 Fine-tuning seeds (``finetune.seeds``, beyond the paper, which reports one run per fold): each fold is
 fine-tuned ``seeds`` times from the same checkpoint on the same images, replicate ``r`` seeding its
 initialisation of the new layers, batch order and augmentation with ``profile.seed * 1000 + fold +
@@ -42,7 +46,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from cfcl import metrics, views
-from cfcl.config import Profile, get_profile
+from cfcl.config import Profile, SettingError, get_profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
@@ -86,6 +90,31 @@ def fold_runs(profile: Profile) -> list[tuple[int, int]]:
     return [(r, k) for r in range(profile.finetune.seeds) for k in range(profile.finetune.folds)]
 
 
+#: Fine-tuning settings added after runs existed: out of the key at their neutral value (those runs stay valid).
+ADDED_LATER = {"train_healthy": 0, "train_effusion": 0}
+
+
+def training_images(effusion: np.ndarray, fold_of: np.ndarray, k: int, profile: Profile) -> np.ndarray:
+    """Indices of the annotated images fold ``k`` fine-tunes on: every image outside fold ``k``, or, with
+    ``finetune.train_healthy``/``train_effusion`` > 0 (the low-label regime), that many healthy/effusion
+    images among them, drawn without replacement by a generator seeded with (seed, fold): the same images for
+    every method and fine-tuning seed, so methods stay paired. Too few images is an error naming the setting."""
+    cfg = profile.finetune
+    train = np.flatnonzero(fold_of != k)
+    if not (cfg.train_healthy or cfg.train_effusion):
+        return train
+    rng = np.random.default_rng([profile.seed, k])
+    keep = []
+    for cls, name in ((0, "train_healthy"), (1, "train_effusion")):
+        pool = train[effusion[train] == cls]
+        n = getattr(cfg, name) or len(pool)
+        if n > len(pool):
+            raise SettingError(f"setting finetune.{name}: fold {k} has {len(pool)} such images outside its "
+                               f"test fold, got {n}")
+        keep.append(rng.permutation(pool)[:n])
+    return np.sort(np.concatenate(keep))
+
+
 def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
     """The fine-tuning run of ``method``, fine-tuning seed ``replicate`` (its five folds; see the module
     docstring). ``finetune.seeds`` is not part of the key: replicate 0 is the same run for any ``seeds``."""
@@ -94,7 +123,9 @@ def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
         raise ValueError(f"fine-tuning replicate {replicate} of {method}: the profile has finetune.seeds="
                          f"{profile.finetune.seeds} (replicates 0 to {profile.finetune.seeds - 1})")
     # seeds=1 in the key keeps the keys of runs made before replicates were runs of their own
-    settings = {"method": method, "finetune": {**profile.section("finetune"), "seeds": 1}, "seed": profile.seed}
+    section = profile.section("finetune", exclude=[k for k, v in ADDED_LATER.items()
+                                                   if getattr(profile.finetune, k) == v])
+    settings = {"method": method, "finetune": {**section, "seeds": 1}, "seed": profile.seed}
     if replicate:
         settings["replicate"] = replicate
     upstream = {"data/annotated": data_run(profile, "annotated"), "data/test": data_run(profile, "test")}
@@ -231,7 +262,7 @@ def _finetune(profile: Profile, method: str, run: Run, replicate: int, progress:
             if made_from == origin:
                 continue
             print(f"{path}: made from another checkpoint or damaged; fine-tuning it again")
-        train = fold_of != k
+        train = training_images(annotated.parents["effusion"].to_numpy(), fold_of, k, profile)
         model = train_fold(profile, method, annotated.images[train], annotated.gold[train], state, k, progress, r)
         arrays = {"pred": predict(model, annotated.images[fold_of == k]),
                   "index": np.flatnonzero(fold_of == k), "test_pred": predict(model, test.images)}

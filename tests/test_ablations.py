@@ -22,6 +22,9 @@ def test_plan_runs_each_distinct_arm_once_with_the_union_of_its_methods():
     assert arms["pretrain.cf_source=oracle pretrain.steps=100"][0] == "abl-length-third"  # a third of 300
     assert "pretrain.cf_source=oracle pretrain.steps=900" in arms
     assert arms["pretrain.replicate=1"] == ("abl-replicate-r1", ["none", "dvd_cl", "s_mvd_cl"])
+    # the low-label arm: 10 images per fold for as many optimiser steps as 56 (7 steps per epoch x 20 -> 2 x 70)
+    assert arms["finetune.train_healthy=3 finetune.train_effusion=7 finetune.epochs=70"] == (
+        "abl-low_label-ten", ["none", "dvd_cl", "chexmask", "s_mvd_cl"])
     # one ablation asked: its arms only, named as in the full plan; under a variant, arms are prefixed
     dose = ab.make_plan(get_profile("smoke", "seed=1", "s1"), ["dose"])
     assert [(v, o) for v, o, _ in dose] == [("s1-abl-cf_source-identity", "seed=1 pretrain.cf_source=identity"),

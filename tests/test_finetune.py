@@ -104,3 +104,28 @@ def test_folds_are_tied_to_the_checkpoint_they_started_from(tiny, capsys):
 def test_unknown_method_is_refused():
     with pytest.raises(KeyError, match="unknown method"):
         ft.finetune(get_profile("smoke"), "bogus")
+
+
+def test_low_label_regime_fine_tunes_each_fold_on_the_asked_images_the_same_for_every_method():
+    from cfcl.config import SettingError
+
+    eff = np.array([0] * 20 + [1] * 50)
+    fold_of = ft.folds(eff, 5, 0)
+    full = get_profile("cpu")
+    for k in range(5):  # the default: every image outside the test fold
+        np.testing.assert_array_equal(ft.training_images(eff, fold_of, k, full), np.flatnonzero(fold_of != k))
+    low = get_profile("cpu", ["finetune.train_healthy=3", "finetune.train_effusion=7"])
+    picks = [ft.training_images(eff, fold_of, k, low) for k in range(5)]
+    for k, idx in enumerate(picks):
+        assert len(idx) == 10 and len(set(idx)) == 10 and (fold_of[idx] != k).all()
+        assert np.bincount(eff[idx], minlength=2).tolist() == [3, 7]
+        np.testing.assert_array_equal(idx, ft.training_images(eff, fold_of, k, low))  # a fixed draw per fold
+    assert not all(np.array_equal(picks[0], p) for p in picks[1:])
+    # only the effusion images subsampled: every healthy training image stays
+    half = ft.training_images(eff, fold_of, 0, get_profile("cpu", ["finetune.train_effusion=7"]))
+    assert (eff[half] == 0).sum() == 16 and (eff[half] == 1).sum() == 7
+    with pytest.raises(SettingError, match="finetune.train_healthy: fold 0 has 16"):
+        ft.training_images(eff, fold_of, 0, get_profile("cpu", ["finetune.train_healthy=17"]))
+    # a setting added later: out of the key at its neutral value, in it otherwise
+    assert ft.finetune_run(full, "none").settings["finetune"].keys().isdisjoint(ft.ADDED_LATER)
+    assert ft.finetune_run(low, "none").key != ft.finetune_run(full, "none").key
