@@ -107,6 +107,40 @@ def polar_hsv(points_in_disc: np.ndarray) -> np.ndarray:
     return hsv_to_rgb(hsv)
 
 
+def import_umap():
+    """``import umap`` with numba's on-disk cache on for the functions umap-learn compiles without it
+    (``fast_knn_indices``, ``smooth_knn_dist``, ``compute_membership_strengths``, the layout epochs...).
+
+    Compiling them took 45 of the 48 s of a small UMAP's first call in every new process (notebook 05, its
+    nbval rerun, the tests); with the cache a later process loads them in a few seconds. The machine code
+    is the same, so the embedding is bitwise the same (tests/test_chromap.py). The cache lives where numba
+    puts it (``__pycache__`` beside umap's sources, else ``NUMBA_CACHE_DIR`` or the user's cache) and is
+    keyed on umap's source files, so an upgrade recompiles. Once umap is imported this is plain ``import``.
+    """
+    import sys
+
+    if "umap" in sys.modules:
+        return sys.modules["umap"]
+    import numba
+
+    njit, jit = numba.njit, numba.jit
+
+    def cached(decorator):
+        def wrap(*args, **kwargs):
+            if len(args) == 1 and callable(args[0]) and not kwargs:  # bare @numba.njit
+                return decorator(cache=True)(args[0])
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+        return wrap
+
+    numba.njit, numba.jit = cached(njit), cached(jit)
+    try:
+        import umap
+    finally:
+        numba.njit, numba.jit = njit, jit
+    return umap
+
+
 #: umap-learn computes exact nearest neighbours below this many fitted points (``UMAP._small_data``).
 UMAP_SMALL_DATA = 4096
 
@@ -122,7 +156,7 @@ def umap_2d(features: np.ndarray, n_fit: int = 5000, n_neighbors: int = 30, seed
     UMAP deterministic (and single-threaded). ``metric="cosine"`` by default because the
     contrastive losses compare pixels by cosine similarity (paper silent).
     """
-    import umap
+    umap = import_umap()
 
     x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 3 or not np.all(np.isfinite(x)):

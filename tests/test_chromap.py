@@ -150,9 +150,14 @@ def test_umap_fast_path_is_bitwise_umaps_own():
     (seconds instead of minutes): the fit and the transformed points equal umap run on the features."""
     import warnings
 
-    import umap
+    from cfcl.chromap import import_umap, umap_2d
 
-    from cfcl.chromap import umap_2d
+    umap = import_umap()
+    # numba's cache is on for the functions umap compiles without it (not a new import: the first does it)
+    from numba.core.caching import NullCache
+
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)
+    assert not isinstance(umap.utils.fast_knn_indices._cache, NullCache)
 
     x = np.random.default_rng(0).normal(size=(240, 8)).astype(np.float32)
     x[5] = x[6]  # a duplicate pixel: its distance 0 must stay 0
