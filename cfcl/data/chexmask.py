@@ -14,7 +14,7 @@ Which frame a row is in (:func:`mask_frame`): a row is valid only if
 - ``Height == Width == PREPROCESSED_SIZE`` (1024): the "Preprocessed" release, or
 - ``(Height, Width)`` equals the original ``(height, width)`` of its PadChest PNG: the
   "OriginalResolution" release, mapped like a gold mask (the image's border crop box, square
-  padding, nearest resize; :func:`cfcl.data.padchest.preprocess_mask`).
+  padding, nearest resize; :func:`cfcl.data.framing.preprocess_mask`).
 
 Anything else (a square 512 frame, a transposed ``Width x Height`` row: REFERENCES section 4's
 height/width trap) is refused with an error naming the CSV, the ImageID, the row's
@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cfcl.data.framing import preprocess_mask, resize_nearest
 
 COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lung", "Right Lung",
            "Heart", "Height", "Width")
@@ -159,22 +161,6 @@ def label_map(right_lung: np.ndarray, left_lung: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_nearest(labels: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D label map to ``(height, width)`` (default square).
-
-    Pixel-centre aligned like OpenCV/PIL resizing (source index ``floor((i + 0.5) * H / h)``),
-    so a mask stays on the image it was drawn on after both are resized. Labels never mix.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"resize_nearest expects a 2-D label map, got shape {labels.shape}")
-    width = height if width is None else width
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
 def mask_frame(row: pd.Series, image_shape: tuple[int, int] | None = None,
                source: str = "CheXmask CSV") -> str:
     """Which frame a CheXmask row's ``Height``/``Width`` belong to: ``"preprocessed"`` or ``"original"``.
@@ -230,7 +216,6 @@ def row_label_map(row: pd.Series, size: int, source: str = "CheXmask CSV",
     labels = decode_row(row, source)
     if frame == "preprocessed":
         return resize_nearest(labels, size)
-    from cfcl.data.padchest import preprocess_mask  # padchest imports this module
 
     h, w = labels.shape
     return preprocess_mask(labels, box if box is not None else (0, h, 0, w), size)

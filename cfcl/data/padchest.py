@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 from cfcl.config import SCANNER, SEX, DataConfig
 from cfcl.data import ChestSplit
 from cfcl.data import chexmask as cm
+from cfcl.data.framing import content_box, pad_to_square, preprocess_mask, resize_image
 from cfcl.data import gold as gd
 from cfcl.data.metadata import filter_metadata, read_metadata
 from cfcl.paths import atomic_path
@@ -143,31 +144,6 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"PadChest image {path} has unsupported pixel type {arr.dtype} (mode {mode})")
 
 
-def content_box(img: np.ndarray, border_level: int = 1) -> tuple[int, int, int, int]:
-    """Bounding box ``(top, bottom, left, right)`` (bottom/right exclusive) of the content.
-
-    CheXmask's border rule: a pixel is content when its 8-bit value (high byte of a uint16
-    image) exceeds ``border_level``. Raises ``ValueError`` on an image with no content.
-    """
-    high = (img >> 8) if img.dtype == np.uint16 else img
-    mask = high > border_level
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        raise ValueError(f"image has no pixel above the border level {border_level} (all black)")
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-
-
-def pad_to_square(arr: np.ndarray) -> np.ndarray:
-    """Zero-pad ``(h, w)`` to a centred ``(L, L)`` square, ``L = max(h, w)``; the extra pixel of
-    an odd difference goes to the bottom/right (CheXmask's convention)."""
-    h, w = arr.shape
-    side = max(h, w)
-    out = np.zeros((side, side), arr.dtype)
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top:top + h, left:left + w] = arr
-    return out
-
-
 def window(img: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Map the ``low``/``high`` percentiles of an integer image to 0/1 (clipped), float32.
 
@@ -185,12 +161,6 @@ def window(img: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     return np.clip((img.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of a float ``(H, W)`` image to ``(size, size)`` float32."""
-    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))
-    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
 def preprocess_image(img: np.ndarray, size: int, options: PadChestOptions | None = None
                      ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """CheXmask geometry + intensity window: ``(H, W)`` integer image to ``(size, size)`` uint8.
@@ -204,12 +174,6 @@ def preprocess_image(img: np.ndarray, size: int, options: PadChestOptions | None
     crop = window(img[top:bottom, left:right], opts.low_percentile, opts.high_percentile)
     out = resize_image(pad_to_square(crop), size)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), box
-
-
-def preprocess_mask(mask: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Apply an image's crop box, square padding and a nearest resize to its label map."""
-    top, bottom, left, right = box
-    return cm.resize_nearest(pad_to_square(np.asarray(mask)[top:bottom, left:right]), size)
 
 
 def _scan_pngs(root: str | os.PathLike, stat: bool = False) -> list[tuple[str, str, int, int]]:
