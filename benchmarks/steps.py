@@ -53,7 +53,7 @@ def fake_data(n: int, size: int, method: str, prof: Profile) -> pt.PretrainData:
 def network(prof: Profile, device: str = "cpu", channels_last: bool = False, lr: float = 1e-4):
     """The profile's U-Net (train mode) and its AdamW."""
     torch.manual_seed(0)
-    net = build_model(prof.pretrain.encoder, prof.pretrain.embed_dim).to(device)
+    net = build_model(prof.pretrain.encoder, prof.pretrain.embed_dim, prof.pretrain.decoder_channels).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()

@@ -41,6 +41,7 @@ DATA_SOURCES = ("phantom", "padchest")
 CF_SOURCES = ("hvae", "oracle", "identity")
 NEGATIVE_SCOPES = ("image", "batch")
 UNET_STRIDE = 32  # smp's U-Net with a 5-stage ResNet encoder needs sides divisible by 32
+UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's U-Net decoder widths (its default, the paper's)
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None,
@@ -133,6 +134,10 @@ class PretrainConfig:
 
     encoder: str = setting("resnet18", doc="the paper uses resnet50 (the `paper` profile does)")
     embed_dim: int = setting(128, lo=1)
+    decoder_channels: tuple[int, ...] = setting(UNET_DECODER_CHANNELS, lo=1,
+                                                doc="the U-Net decoder's five widths (smp's default); at 64 px the "
+                                                    "decoder is half a training step (issue 10): a narrower one, "
+                                                    "e.g. [64,32,16,16,16], is twice as fast")
     steps: int = setting(300, lo=1)
     batch_size: int = setting(8, lo=2)
     lr: float = setting(1e-3, lo=1e-12, hi=10.0)
@@ -430,6 +435,9 @@ def validate(profile: Profile) -> Profile:
     if d.image_size % h.stem_stride:
         raise SettingError(f"setting hvae.stem_stride: must divide data.image_size={d.image_size}, "
                            f"got {h.stem_stride}")
+    if len(p.decoder_channels) != len(UNET_DECODER_CHANNELS):
+        raise SettingError(f"setting pretrain.decoder_channels: the U-Net's decoder has "
+                           f"{len(UNET_DECODER_CHANNELS)} stages, got {list(p.decoder_channels)}")
     if len(h.widths) != len(h.z_dims):
         raise SettingError(f"settings hvae.widths ({len(h.widths)} levels) and hvae.z_dims "
                            f"({len(h.z_dims)} levels) must have the same length")

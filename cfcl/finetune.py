@@ -46,7 +46,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from cfcl import metrics, views
-from cfcl.config import Profile, SettingError, get_profile
+from cfcl.config import UNET_DECODER_CHANNELS, Profile, SettingError, get_profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
@@ -135,6 +135,8 @@ def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
         upstream["pretrain"] = pretrain_run(profile, method)
     else:  # from random initialisation: the architecture is all that matters of pre-training
         settings["network"] = {"encoder": profile.pretrain.encoder, "embed_dim": profile.pretrain.embed_dim}
+        if tuple(profile.pretrain.decoder_channels) != UNET_DECODER_CHANNELS:  # out of the key at the default
+            settings["network"]["decoder_channels"] = list(profile.pretrain.decoder_channels)
     label = method if replicate == 0 else f"{method}-seed{replicate}"
     return Run("finetune", label, settings, runs_dir(profile.name), upstream,
                remake=f"python -m cfcl.finetune {profile.cli()} --method {method}"
@@ -193,7 +195,7 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     cfg = profile.finetune
     seed = profile.seed * 1000 + fold + REPLICATE_STRIDE * replicate
     torch.manual_seed(seed)
-    model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim)
+    model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim, profile.pretrain.decoder_channels)
     if state is not None:
         load_pretrained(model, state, method)
     device = default_device()

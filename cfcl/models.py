@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cfcl.config import UNET_DECODER_CHANNELS
+
 
 N_CLASSES = 3
 
@@ -36,10 +38,12 @@ class CFCLNet(nn.Module):
     ``embed(x)`` -> (B, D, H, W); ``global_embed(x)`` -> (B, D); ``forward(x)`` -> logits (B, 3, H, W).
     """
 
-    def __init__(self, encoder: str = "resnet50", embed_dim: int = 128, hidden: int = 64) -> None:
+    def __init__(self, encoder: str = "resnet50", embed_dim: int = 128, hidden: int = 64,
+                 decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS) -> None:
         super().__init__()
         self.encoder_name = encoder
-        self.unet = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=N_CLASSES)
+        self.unet = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=N_CLASSES,
+                             decoder_channels=tuple(decoder_channels))
         dec_ch = self.unet.segmentation_head[0].in_channels
         self.projector = nn.Sequential(
             nn.Conv2d(dec_ch, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True), nn.Conv2d(hidden, embed_dim, 1)
@@ -185,8 +189,9 @@ def _bilinear_taps(points: torch.Tensor, image: torch.Tensor, h: int, w: int) ->
     return image.long()[:, None] * (h * w) + yi * w + xi, wts
 
 
-def build_model(encoder: str, embed_dim: int) -> CFCLNet:
-    return CFCLNet(encoder=encoder, embed_dim=embed_dim)
+def build_model(encoder: str, embed_dim: int, decoder_channels: tuple[int, ...] = UNET_DECODER_CHANNELS) -> CFCLNet:
+    """The U-Net with its heads (``decoder_channels``: ``pretrain.decoder_channels``)."""
+    return CFCLNet(encoder=encoder, embed_dim=embed_dim, decoder_channels=decoder_channels)
 
 
 def transfer_prefixes(method: str) -> tuple[str, ...]:

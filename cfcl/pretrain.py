@@ -52,7 +52,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from cfcl import losses, views
-from cfcl.config import Profile, get_profile
+from cfcl.config import UNET_DECODER_CHANNELS, Profile, get_profile
 from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
@@ -62,7 +62,7 @@ from cfcl.runs import Run, load_checkpoint, resume
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile", "seeds")
-ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0}
+ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0, "decoder_channels": UNET_DECODER_CHANNELS}
 
 
 def make_loss(method: Method, profile: Profile) -> nn.Module | None:
@@ -391,7 +391,7 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
     started = time.perf_counter()
     seed = pretrain_seed(profile)
     torch.manual_seed(seed)
-    net = build_model(cfg.encoder, cfg.embed_dim).to(device)
+    net = build_model(cfg.encoder, cfg.embed_dim, cfg.decoder_channels).to(device)
     if device.startswith("cuda"):
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)

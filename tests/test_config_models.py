@@ -32,6 +32,8 @@ def test_overrides_and_errors():
     ("hvae.widths=8,16", "hvae.widths"), ("data.n_annotated_healthy=1", "data.n_annotated_healthy"),
     ("latent.n_images=99", "latent.n_images"), ("hvae.stem_stride=3", "hvae.stem_stride"),
     ("pretrain.steps=1.5", "pretrain.steps"), ("pretrain.steps=true", "pretrain.steps"),
+    ("pretrain.decoder_channels=[64,32]", "pretrain.decoder_channels"),
+    ("pretrain.decoder_channels=[64,32,16,0,16]", "pretrain.decoder_channels"),
 ])
 def test_invalid_settings_are_refused_naming_the_key(override, key):
     with pytest.raises(SettingError, match=key.replace(".", r"\.")):
@@ -169,6 +171,27 @@ def test_weight_transfer_refuses_other_architectures():
     src = CFCLNet("resnet34", embed_dim=8).state_dict()
     with pytest.raises((KeyError, ValueError)):
         load_pretrained(CFCLNet("resnet18", embed_dim=8), src, "dvd_cl")
+    narrow = CFCLNet("resnet18", embed_dim=8, decoder_channels=(64, 32, 16, 16, 16))
+    with pytest.raises(ValueError, match="shape"):  # another decoder width is another architecture
+        load_pretrained(narrow, CFCLNet("resnet18", embed_dim=8).state_dict(), "dvd_cl")
+
+
+def test_a_narrower_decoder_is_a_setting_out_of_the_keys_at_its_default():
+    from cfcl.finetune import finetune_run
+    from cfcl.pretrain import pretrain_run
+
+    base, narrow = get_profile("cpu"), get_profile("cpu", "pretrain.decoder_channels=[64,32,16,16,16]", "n")
+    assert narrow.pretrain.decoder_channels == (64, 32, 16, 16, 16)
+    net = CFCLNet("resnet18", embed_dim=8, decoder_channels=narrow.pretrain.decoder_channels).eval()
+    x = torch.randn(2, 1, 64, 64)
+    assert net(x).shape == (2, 3, 64, 64) and net(x, mode="embed").shape == (2, 8, 64, 64)
+    assert net.unet.decoder(net.unet.encoder(x)).shape[1] == 16
+    wide = sum(p.numel() for p in CFCLNet("resnet18", embed_dim=8).unet.decoder.parameters())
+    assert sum(p.numel() for p in net.unet.decoder.parameters()) < wide / 4
+    for run in (pretrain_run, finetune_run):  # None reads the architecture too
+        for m in ("dvd_cl", "none") if run is finetune_run else ("dvd_cl",):
+            assert "decoder_channels" not in str(run(base, m).settings)
+            assert run(narrow, m).key != run(base, m).key
 
 
 def test_folds_are_stratified_4_healthy_10_effusion():
