@@ -212,9 +212,7 @@ def per_image_by_seed(profile: Profile, methods: tuple[str, ...], regions: np.nd
     combos = [(r, s) for r in reps for s in range(profile.finetune.seeds)]
     if len(combos) < 2:
         return None
-    models = models or {}
-    if load_split(profile, "test").gold is not None:
-        models = {m: models[m] if m in models else model_metrics(profile, m, regions) for m in methods}
+    models = _all_model_metrics(profile, methods, regions, models)
     return [{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None,
                                models=models.get(m)) for m in methods} for r, s in combos]
 
@@ -223,12 +221,19 @@ def per_image_tables(profile: Profile, methods: tuple[str, ...], regions: np.nda
                      ) -> tuple[dict[str, pd.DataFrame], list[dict[str, pd.DataFrame]] | None]:
     """What the claims read: :func:`test_per_image` of every method (over all its models) and
     :func:`per_image_by_seed`, with each model's metrics computed once (:func:`model_metrics`)."""
-    models = None
-    if load_split(profile, "test").gold is not None:
-        models = {m: model_metrics(profile, m, regions) for m in methods}
-    per_image = {m: test_per_image(profile, m, regions, models=None if models is None else models[m])
-                 for m in methods}
+    models = _all_model_metrics(profile, methods, regions)
+    per_image = {m: test_per_image(profile, m, regions, models=models.get(m)) for m in methods}
     return per_image, per_image_by_seed(profile, methods, regions, models=models)
+
+
+def _all_model_metrics(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None,
+                       known: dict[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`model_metrics` of every method (those in ``known`` reused); empty where the test split has no
+    gold masks (the per-image tables then come from the cross-validation folds)."""
+    known = known or {}
+    if load_split(profile, "test").gold is None:
+        return {}
+    return {m: known[m] if m in known else model_metrics(profile, m, regions) for m in methods}
 
 
 def table2_test(per_image: dict[str, pd.DataFrame], n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
