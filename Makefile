@@ -153,12 +153,13 @@ unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop)
 
 # nbval executes every notebook as it is (smoke defaults) and checks it runs clean; the smoke pipeline is
 # made first by `make reproduce PROFILE=smoke` (and one ablation, the cheapest: two pre-trainings and two
-# fine-tunings), so each notebook verifies and reuses its runs.
+# fine-tunings), so each notebook verifies and reuses its runs. The notebooks run on TEST_WORKERS pytest-xdist
+# workers, one notebook per worker (--dist loadfile: a notebook's cells share one kernel).
 NBVAL_ABLATIONS ?= labels
 nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
 	$(MAKE) reproduce PROFILE=smoke VARIANT= SET= ONLY=
 	$(MAKE) ablations PROFILE=smoke VARIANT= SET= ONLY= ABLATIONS="$(NBVAL_ABLATIONS)"
-	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q
+	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q -n $(TEST_WORKERS) --dist loadfile
 
 # The real-data route (docs/real_data.md) on a fixture written in the exact real formats. Two rows suffice
 # there: what differs from the phantom is the data (readers, silver RLE masks, gold folder), and S-MVD-CL reads
