@@ -66,6 +66,7 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "cfcl (.venv)" >/dev/null
+	$(PY) -m cfcl.chromap --warm
 	touch $@
 
 $(SETTINGS): FORCE

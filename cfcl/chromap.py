@@ -256,3 +256,20 @@ def overlay(image: np.ndarray, rgb: np.ndarray, alpha: float = 0.6,
         mask = np.asarray(mask, dtype=bool)
         out = np.where(mask[..., None], out, grey[..., None])
     return np.clip(out, 0.0, 1.0)
+
+
+def warm() -> None:
+    """Compile umap-learn's numba functions into this environment's cache (:func:`import_umap`) with one
+    small fit and transform on the paths :func:`umap_2d` takes (precomputed cosine distances), so that no
+    notebook pays the compilation (`make install` runs it: ``python -m cfcl.chromap --warm``)."""
+    features = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    umap_2d(features, n_fit=200, n_neighbors=10, progress=False)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m cfcl.chromap", description="CHRO-map utilities")
+    ap.add_argument("--warm", action="store_true", help=warm.__doc__.splitlines()[0])
+    if ap.parse_args().warm:
+        warm()
