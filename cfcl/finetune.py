@@ -50,7 +50,7 @@ from cfcl.config import UNET_DECODER_CHANNELS, Profile, SettingError, get_profil
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
-from cfcl.models import N_CLASSES, build_model, load_pretrained
+from cfcl.models import N_CLASSES, load_pretrained, network
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint
 
@@ -195,7 +195,7 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     cfg = profile.finetune
     seed = profile.seed * 1000 + fold + REPLICATE_STRIDE * replicate
     torch.manual_seed(seed)
-    model = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim, profile.pretrain.decoder_channels)
+    model = network(profile.pretrain)
     if state is not None:
         load_pretrained(model, state, method)
     device = default_device()

@@ -27,7 +27,7 @@ from cfcl import chromap, metrics
 from cfcl.config import Profile
 from cfcl.data import load_split
 from cfcl.methods import METHODS
-from cfcl.models import build_model
+from cfcl.models import network
 from cfcl.pretrain import load_pretrained_state
 
 
@@ -39,7 +39,7 @@ def embeddings(profile: Profile, method: str, split: str = "val", n_images: int 
     n = n_images or profile.latent.n_images
     data = load_split(profile, split)
     n = min(n, len(data))
-    net = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim, profile.pretrain.decoder_channels)
+    net = network(profile.pretrain)
     net.load_state_dict(load_pretrained_state(profile, method))  # verified; never trained here
     net.eval()
     images = np.asarray(data.images[:n])
@@ -127,7 +127,7 @@ def invariance(profile: Profile, method: str, n_images: int | None = None) -> pd
     if data.counterfactuals is None:
         raise ValueError(f"data.source={profile.data.source!r} has no exact counterfactuals to measure invariance")
     n = min(n, len(data))
-    net = build_model(profile.pretrain.encoder, profile.pretrain.embed_dim, profile.pretrain.decoder_channels)
+    net = network(profile.pretrain)
     net.load_state_dict(load_pretrained_state(profile, method))
     net.eval()
 

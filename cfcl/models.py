@@ -194,6 +194,12 @@ def build_model(encoder: str, embed_dim: int, decoder_channels: tuple[int, ...] 
     return CFCLNet(encoder=encoder, embed_dim=embed_dim, decoder_channels=decoder_channels)
 
 
+def network(cfg) -> CFCLNet:
+    """The network a profile's ``pretrain`` section describes (encoder, embedding size, decoder widths):
+    the one pre-training trains and fine-tuning, Table 1 and the invariance load."""
+    return build_model(cfg.encoder, cfg.embed_dim, cfg.decoder_channels)
+
+
 def transfer_prefixes(method: str) -> tuple[str, ...]:
     """Which parts of the pre-trained U-Net initialise the fine-tuned one (paper section 3;
     the method registry, :mod:`cfcl.methods`, says per method)."""

@@ -56,7 +56,7 @@ from cfcl.config import UNET_DECODER_CHANNELS, Profile, get_profile
 from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
-from cfcl.models import build_model
+from cfcl.models import build_model, network
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint, resume
 
@@ -391,7 +391,7 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
     started = time.perf_counter()
     seed = pretrain_seed(profile)
     torch.manual_seed(seed)
-    net = build_model(cfg.encoder, cfg.embed_dim, cfg.decoder_channels).to(device)
+    net = network(cfg).to(device)
     if device.startswith("cuda"):
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
