@@ -29,7 +29,7 @@ from cfcl import views  # noqa: E402
 from cfcl.config import Profile  # noqa: E402
 from cfcl.data import ChestSplit  # noqa: E402
 from cfcl.methods import get  # noqa: E402
-from cfcl.models import network  # noqa: E402
+from cfcl import models  # noqa: E402
 
 Step = Callable[[int], torch.Tensor]
 
@@ -53,7 +53,7 @@ def fake_data(n: int, size: int, method: str, prof: Profile) -> pt.PretrainData:
 def network(prof: Profile, device: str = "cpu", channels_last: bool = False, lr: float = 1e-4):
     """The profile's U-Net (train mode) and its AdamW."""
     torch.manual_seed(0)
-    net = network(prof.pretrain).to(device)
+    net = models.network(prof.pretrain).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()
