@@ -61,10 +61,15 @@ help: ## List the targets
 
 install: $(INSTALLED) ## Create .venv and install the project (editable) with its dev tools and a kernel
 
+# rfc3987-syntax (pulled in by jupyter-events' jsonschema[format-nongpl]) builds ~35 Lark parsers whenever
+# jsonschema is imported: 2.7 s of CPU in every papermill, nbval and jupyter process, a tenth of the smoke
+# pipeline (jsonschema issue #1428). Nothing here validates the IRI formats it serves, so the install removes
+# it (jsonschema then skips those two formats; `pip check` stays clean).
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip uninstall --quiet --yes rfc3987-syntax
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "cfcl (.venv)" >/dev/null
 	$(PY) -m cfcl.chromap --warm
 	touch $@
