@@ -184,6 +184,7 @@ bench: | $(INSTALLED) ## Benchmarks on CPU (ratios, written to benchmarks/result
 	$(PY) benchmarks/bench_losses.py
 	$(PY) benchmarks/bench_network.py
 	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/bench_startup.py
 
 bench-gpu: | $(INSTALLED) ## The paper profile on one GPU: images/s per method, peak memory, share of bf16 peak
 	$(PY) benchmarks/bench_gpu.py
