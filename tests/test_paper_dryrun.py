@@ -78,3 +78,19 @@ def test_gpu_benchmark_dry_run(tmp_path):
     for stage in ("HVAE ELBO step", "HVAE counterfactual fine-tuning step", "fine-tuning step"):
         assert f"| {stage} |" in text
     assert "Projected device time of `make reproduce PROFILE=paper`" in text
+
+
+def test_startup_benchmark_reads_every_import_of_a_notebook():
+    """``bench_startup.notebook_imports``: the import statements of every code cell, multi-line ones whole,
+    and nothing else (notebook 02 imports over two lines and computes in the same cells)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_startup import notebook_imports
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    code = notebook_imports(ROOT / "notebooks" / "02_counterfactuals.ipynb")
+    compile(code, "imports", "exec")
+    lines = code.splitlines()
+    assert all(line.startswith(("import ", "from ")) for line in lines)
+    assert any("plot_before_after" in line and "plot_changed_regions" in line for line in lines)
+    assert "from cfcl.hvae import counterfactual_model_run" in code
