@@ -62,8 +62,8 @@ help: ## List the targets
 install: $(INSTALLED) ## Create .venv and install the project (editable) with its dev tools and a kernel
 
 # rfc3987-syntax (pulled in by jupyter-events' jsonschema[format-nongpl]) builds ~35 Lark parsers whenever
-# jsonschema is imported: 2.7 s of CPU in every papermill, nbval and jupyter process, a tenth of the smoke
-# pipeline (jsonschema issue #1428). Nothing here validates the IRI formats it serves, so the install removes
+# jsonschema is imported: about 3 CPU s in every papermill, nbval and jupyter process, a tenth of the smoke
+# pipeline's CPU (benchmarks/results/startup.md; jsonschema issue #1428). Nothing here validates the IRI formats it serves, so the install removes
 # it (jsonschema then skips those two formats; `pip check` stays clean).
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)

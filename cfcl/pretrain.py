@@ -56,7 +56,7 @@ from cfcl.config import UNET_DECODER_CHANNELS, Profile, get_profile
 from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
-from cfcl.models import build_model, network
+from cfcl.models import network
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.runs import Run, load_checkpoint, resume
 

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from cfcl import pretrain as pt
 from cfcl.config import get_profile
 from cfcl.methods import PRETRAIN_METHODS as METHODS
+from cfcl.models import build_model
 from cfcl.runs import load_checkpoint
 from cfcl.data import ChestSplit
 
@@ -122,7 +123,7 @@ def test_forward_loss_equals_reading_the_full_embedding_maps(method):
     spec = pt.get(method, pretrained=True)
     prep = pt.prepare(_data(prof, method).batch(np.arange(2), spec), spec, prof, pt.step_generator(0, 3))
     torch.manual_seed(0)
-    net = pt.build_model("resnet18", 8).train()
+    net = build_model("resnet18", 8).train()
     ref = copy.deepcopy(net)
     loss_fn = pt.make_loss(spec, prof)
     got, want = pt.forward_loss(net, prep, spec, loss_fn), _reference_loss(ref, prep, spec, loss_fn)
@@ -146,7 +147,7 @@ def test_embed_at_is_the_embedding_map_read_bilinearly(n_points, train):
     from cfcl import views
 
     torch.manual_seed(1)
-    net = pt.build_model("resnet18", 16).train(train)
+    net = build_model("resnet18", 16).train(train)
     x = torch.rand(3, 1, 32, 32)
     p = torch.rand(3, n_points, 2) * 34 - 1  # some points in the zero padding around the map
     p[:, :4] = torch.tensor([[0.0, 0.0], [31.0, 31.0], [-0.5, 12.25], [31.5, 31.75]])
@@ -210,7 +211,7 @@ DDP_METHODS = ("dvd_cl", "ssdcl")  # image negatives; batch negatives (gathered 
 def _first_step_grads(prof, method: str, world: int = 1, rank: int = 0) -> dict[str, torch.Tensor]:
     """Parameter gradients of step 0 (BatchNorm frozen), DDP-averaged under torch.distributed."""
     torch.manual_seed(prof.seed)
-    net = pt.build_model(prof.pretrain.encoder, prof.pretrain.embed_dim)
+    net = build_model(prof.pretrain.encoder, prof.pretrain.embed_dim)
     model = net if world == 1 else torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
     model.train()
     pt._set_bn_eval(model)
