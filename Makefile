@@ -35,7 +35,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LABEL := $(PROFILE)$(if $(strip $(VARIANT)),-$(strip $(VARIANT)))
 NB := runs/$(LABEL)/notebooks
-PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
+# cfcl.jupyter is the papermill command line on kernels that talk over private Unix sockets, not TCP ports
+# that two notebooks started at once can race for (CI once lost a smoke ablation to "Address already in use").
+PAPERMILL := $(PY) -m cfcl.jupyter --kernel python3 --progress-bar
 # The method lists come from the registry (cfcl/methods.py is plain Python: no environment needed).
 ALL_METHODS := $(shell python3 -m cfcl.methods finetune)
 ifneq ($(filter-out $(ALL_METHODS),$(ONLY)),)

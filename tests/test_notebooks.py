@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,48 @@ def test_notebook_is_clean_with_stable_ids(path):
     body = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "get_profile(profile, overrides, variant)" in body
     assert ".savefig(" not in body, "figures are saved with cfcl.outputs.save_figure"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Unix sockets")
+def test_notebooks_run_on_kernels_with_private_unix_sockets(tmp_path):
+    """`python -m cfcl.jupyter` (the Makefile's papermill) starts kernels on ZMQ ipc in a folder of their own,
+    so two notebooks started at once cannot race for a TCP port; the folder goes with the kernel."""
+    import nbformat
+    import papermill
+
+    from cfcl.jupyter import use_private_kernels
+
+    probe = ("from ipykernel.kernelapp import IPKernelApp\n"
+             "app = IPKernelApp.instance()\n"
+             "print(app.transport, app.connection_file)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)])
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    before = set(Path(tempfile.gettempdir()).glob("cfcl-kernel-*"))
+    use_private_kernels()
+    out = papermill.execute_notebook(str(tmp_path / "probe.ipynb"), str(tmp_path / "out.ipynb"),
+                                     kernel_name="python3", progress_bar=False)
+    transport, connection_file = out.cells[0].outputs[0]["text"].split()
+    assert transport == "ipc"
+    assert Path(connection_file).parent.name.startswith("cfcl-kernel-")
+    assert set(Path(tempfile.gettempdir()).glob("cfcl-kernel-*")) == before, "the kernel's folder is left behind"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Unix sockets")
+def test_nbval_kernels_are_private_too():
+    """notebooks/conftest.py hands nbval the synchronous twin; it cleans up after itself the same way."""
+    from cfcl.jupyter import PrivateKernelManager
+
+    conftest = (Path(__file__).parents[1] / "notebooks" / "conftest.py").read_text()
+    assert "nbval.kernel.KernelManager = PrivateKernelManager" in conftest
+    km = PrivateKernelManager(kernel_name="python3")
+    km.start_kernel()
+    try:
+        folder = Path(km.connection_file).parent
+        assert km.transport == "ipc" and folder.name.startswith("cfcl-kernel-") and folder.is_dir()
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        kc.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
+    assert not folder.exists()
