@@ -3,7 +3,7 @@
 The chain of stages::
 
     data -> hvae -> counterfactuals -> pretrain -> finetune -> (results)
-    data -> classifiers (parent predictors, to measure counterfactual quality)
+    data -> classifiers (parent predictors) -> cf_quality (with the counterfactuals: their quality table)
 
 **Identity.** A run is ``(stage, label, key)``. The key is the first 12 hex digits of the SHA-256
 of exactly the settings the stage reads plus the keys of the runs it consumes (its upstream), so

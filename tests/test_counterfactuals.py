@@ -15,7 +15,7 @@ from cfcl.config import INTERVENTIONS
 from cfcl.data import ChestSplit, load_split
 from cfcl.hvae import load_hvae, train_hvae
 from cfcl.parents import intervene, parents_tensor, to_model_space
-from cfcl.runs import MissingRunError
+from cfcl.runs import ArtifactError, MissingRunError
 
 
 def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSplit:
@@ -327,7 +327,7 @@ def test_classifier_metrics_and_training(tiny):
 
 
 def test_evaluate_table(tiny):
-    from cfcl.hvae import finetune_counterfactuals
+    from cfcl.hvae import elbo_only, finetune_counterfactuals
 
     prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2})
     train_hvae(prof, progress=False)
@@ -350,3 +350,18 @@ def test_evaluate_table(tiny):
     split = table[table["intervention"].isin(["effusion_add", "effusion_remove"])].groupby("method")["n"].sum()
     assert (split == 8).all()  # the two directions cover the split
     assert set(cfm.gates(table)["gate"]) == {"stick", "hvae"}
+
+    # Made once: a second call (a variant that shares the HVAE and the predictors) reads the same table back,
+    # verified; a damaged table is an error naming the file, not a quiet re-scoring.
+    run = cfm.quality_run(prof, "test")
+    made = run.manifest()["finished_at"], run.path(cfm.QUALITY_NAME).stat().st_mtime_ns
+    pd.testing.assert_frame_equal(cfm.evaluate(prof, "test", progress=False), table)
+    assert (run.manifest()["finished_at"], run.path(cfm.QUALITY_NAME).stat().st_mtime_ns) == made
+    assert cfm.quality_run(prof, "test", alpha=0.5, before=False).key != run.key
+    assert cfm.quality_run(elbo_only(prof), "test").key != run.key
+    variant = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2, "pretrain.cf_source": "oracle", "finetune.seeds": 2})
+    assert cfm.quality_run(variant, "test").key == run.key
+    path = run.path(cfm.QUALITY_NAME)
+    path.write_text(path.read_text().replace("hvae", "hvaX", 1))
+    with pytest.raises(ArtifactError, match=str(path)):
+        cfm.evaluate(prof, "test", progress=False)
