@@ -35,7 +35,12 @@ class _PrivateSockets(ConnectionFileMixin):
 
     @default("connection_file")
     def _connection_file_default(self) -> str:
-        return os.path.join(tempfile.mkdtemp(prefix=PREFIX), "kernel.json") if IPC else ""
+        if not IPC:
+            return ""
+        # A Unix socket's path holds at most ~107 bytes: a long $TMPDIR (macOS's) falls back to /tmp.
+        base = tempfile.gettempdir()
+        base = "/tmp" if len(base) > 60 and os.path.isdir("/tmp") else base
+        return os.path.join(tempfile.mkdtemp(prefix=PREFIX, dir=base), "kernel.json")
 
     def cleanup_ipc_files(self) -> None:
         # Called at every shutdown; on a restart the connection file stays, and so does its directory.
