@@ -59,7 +59,7 @@ class AsyncPrivateKernelManager(_PrivateSockets, AsyncKernelManager):
 
 
 def use_private_kernels() -> None:
-    """Make papermill's default engine start :class:`PrivateKernelManager` kernels."""
+    """Make papermill's default engine (nbclient) start :class:`AsyncPrivateKernelManager` kernels."""
     from papermill.engines import NBClientEngine, papermill_engines
 
     class PrivateKernelEngine(NBClientEngine):
