@@ -9,10 +9,12 @@ a fresh Python process importing one thing, timed in that process's CPU time (us
 ``os.wait4``'s resource usage: robust to other processes on a shared machine), median over ``--reps``
 interleaved rounds (one process of each line in turn):
 
-- the runner: ``import papermill``, and the same with ``rfc3987_syntax`` made unimportable (what
-  ``make install`` does by removing it: jsonschema, which papermill reads notebooks with, otherwise builds
-  that package's ~35 Lark parsers at import; jsonschema issue #1428). If the package is not installed
-  (an environment made by ``make install``), the first line is the second;
+- the runner: what ``python -m cfcl.jupyter`` (the Makefile's papermill, on private-socket kernels)
+  imports before it starts a kernel, ``import papermill.cli, cfcl.jupyter``, and the same with
+  ``rfc3987_syntax`` made unimportable (what ``make install`` does by removing it: jsonschema, which
+  papermill reads notebooks with, otherwise builds that package's ~35 Lark parsers at import; jsonschema
+  issue #1428). If the package is not installed (an environment made by ``make install``), the first line
+  is the second;
 - the kernel: ``import ipykernel.kernelapp``;
 - each notebook's imports: the import statements of its code cells (``notebooks/*.ipynb``, parsed);
 - the heavy libraries one by one, to say which of them a notebook's imports are.
@@ -82,9 +84,10 @@ def main() -> None:
     from cfcl.methods import FINETUNE_METHODS, PRETRAIN_METHODS  # plain Python: the registry
 
     has_rfc = importlib.util.find_spec("rfc3987_syntax") is not None
+    runner = "import papermill.cli, cfcl.jupyter"
     lines: dict[str, str] = {
-        "runner: import papermill" + ("" if has_rfc else " (rfc3987-syntax not installed)"): "import papermill",
-        "runner: import papermill, rfc3987_syntax unimportable": NO_RFC + "import papermill",
+        f"runner: {runner}" + ("" if has_rfc else " (rfc3987-syntax not installed)"): runner,
+        f"runner: {runner}, rfc3987_syntax unimportable": NO_RFC + runner,
         "kernel: import ipykernel.kernelapp": "import ipykernel.kernelapp",
         "python -c pass": "pass",
     }
@@ -103,7 +106,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
 
     runner_now = med[next(iter(lines))]
-    runner_without = med["runner: import papermill, rfc3987_syntax unimportable"]
+    runner_without = med[f"runner: {runner}, rfc3987_syntax unimportable"]
     kernel = med["kernel: import ipykernel.kernelapp"]
     runs = {"00_data": 1, "01_train_hvae": 1, "02_counterfactuals": 1, "03_pretrain": len(PRETRAIN_METHODS),
             "04_finetune": len(FINETUNE_METHODS), "05_latent_space": 1, "06_results": 1}
