@@ -13,7 +13,7 @@ flips; :data:`AUGMENT`) for every image, and their photometric jitter, blur and 
 (:data:`PHOTOMETRIC`) for half of each batch, whose *scanner* label is then left out: the scanner is
 the acquisition (contrast, brightness, blur, noise), which the photometric augmentation erases, while
 sex and effusion must be read whatever the acquisition. A measuring stick is only trusted after
-:func:`cfcl.counterfactuals.stick_gates`: the phantom's exact counterfactuals must read as
+:func:`cfcl.counterfactuals.gates`: the phantom's exact counterfactuals must read as
 counterfactual and x itself must not.
 
 Two roles (``ROLES``), two runs. The **teacher** (``parents``) is trained on the factual images only, as
@@ -141,20 +141,30 @@ class ParentClassifier(nn.Module):
 ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
 
 
-def classifier_run(profile: Profile, role: str = "teacher", width: int = 16, lr: float = 1e-3) -> Run:
+#: The teacher's width (the judge's is ``hvae.judge_width``).
+TEACHER_WIDTH = 16
+
+
+def classifier_run(profile: Profile, role: str = "teacher", width: int | None = None, lr: float = 1e-3) -> Run:
     """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see the
-    module docstring); its key covers the settings below and the data."""
+    module docstring); its key covers the settings below and the data. ``width`` (None: the role's own,
+    :data:`TEACHER_WIDTH` or ``hvae.judge_width``) and the epochs (``hvae.classifier_epochs``, the judge's
+    ``hvae.judge_epochs``)."""
     if role not in ROLES:
         raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
     hv = profile.hvae
     aug = hv.classifier_augment
-    settings = dict(epochs=hv.classifier_epochs, batch_size=hv.batch_size, width=width, lr=lr,
+    judge = role == "judge"
+    if width is None:
+        width = hv.judge_width if judge else TEACHER_WIDTH
+    settings = dict(epochs=hv.judge_epochs if judge else hv.classifier_epochs, batch_size=hv.batch_size,
+                    width=width, lr=lr,
                     balance="scanner_x_effusion", augment=aug,
                     geometry=dataclasses.asdict(AUGMENT) if aug != "none" else None,
                     photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
                                  else None),
                     image_size=profile.data.image_size, seed=profile.seed)
-    if role == "judge":  # the teacher's settings are unchanged (its runs stay valid)
+    if judge:  # the teacher's settings are unchanged (its runs stay valid)
         settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
     return Run("classifiers", ROLES[role], settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
                remake=f"python -m cfcl.classifiers {profile.cli()}{' --role judge' if role == 'judge' else ''}"
@@ -175,12 +185,13 @@ def _training_pool(train, role: str) -> tuple[np.ndarray, pd.DataFrame]:
     return np.concatenate(images), pd.concat(parents, ignore_index=True)
 
 
-def train_classifiers(profile: Profile, progress: bool = True, role: str = "teacher", width: int = 16,
+def train_classifiers(profile: Profile, progress: bool = True, role: str = "teacher", width: int | None = None,
                       lr: float = 1e-3) -> Run:
     """Train the parent predictors of ``role`` on the pretrain split (the judge: with the exact
     counterfactuals where the source has them, :func:`_training_pool`); return their run.
 
-    ``hvae.classifier_epochs`` epochs of AdamW, ``ceil(N / hvae.batch_size)`` batches per epoch,
+    ``hvae.classifier_epochs`` (the judge: ``hvae.judge_epochs``) epochs of AdamW at a constant rate,
+    ``ceil(N / hvae.batch_size)`` batches per epoch,
     each balanced over the scanner x effusion cells (:func:`cell_batches`), augmented as
     ``hvae.classifier_augment`` says: ``"geometry"`` (:func:`augment`), ``"views"``
     (:func:`augment_views`: the geometry, plus the views' photometric augmentation on half of each
@@ -198,7 +209,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
         seed = profile.seed + settings.get("seed_offset", 0)
         torch.manual_seed(seed)
         device = default_device()
-        model = ParentClassifier(width).to(device)
+        model = ParentClassifier(settings["width"]).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
         epoch, seconds = 0, 0.0
         last = run.path("last.pt")

@@ -104,6 +104,12 @@ class HVAEConfig:
                                       doc="geometry: the views' rotation/zoom/shift/flip (cfcl.views); views: "
                                           "plus their photometric jitter on half of each batch, whose "
                                           "scanner label is left out (the scanner is photometric)")
+    # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
+    # times the images (the exact counterfactuals too) and must pass the stick's gates
+    # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps
+    # the settings above (its runs, and the fine-tuned HVAE keyed by them, stay valid).
+    judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage (the teacher has 16)")
+    judge_epochs: int = setting(40, lo=1, doc="the judge's epochs (of ceil(n_pretrain / batch_size) batches)")
     cf_batch_size: int = setting(64, lo=1, doc="images per batch when generating counterfactuals")
     # Counterfactual fine-tuning (cfcl.hvae.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen
     # train_cf.py): after the ELBO training, minimise the frozen predictors' cross-entropy on x_cf
@@ -256,7 +262,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         data=DataConfig(image_size=64, n_pretrain=64, n_val=16, n_test=16),
         hvae=HVAEConfig(widths=(8, 16, 16, 16), z_dims=(4, 4, 2, 2), epochs=1, batch_size=16,
-                        classifier_epochs=1, cf_finetune_steps=3),
+                        classifier_epochs=1, judge_width=16, judge_epochs=1, cf_finetune_steps=3),
         pretrain=PretrainConfig(steps=3, batch_size=2, pixels_per_view=64, checkpoint_every=2,
                                 embed_dim=32),
         # Two folds exercise every code path of the five-fold protocol at 40 % of its cost (several fine-tuning

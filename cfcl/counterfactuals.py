@@ -312,7 +312,7 @@ def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, prog
     returns ``x`` itself (its composition and reversibility are 0 by construction; its
     effectiveness shows how often the predictors already "see" the counterfactual parent on x);
     with exact counterfactuals (the phantom) ``"oracle"``: them, scored with the same predictors,
-    the measuring stick's own ceiling (see :func:`stick_gates`). Effectiveness, preservation and sex
+    the measuring stick's own ceiling (see :func:`gates`). Effectiveness, preservation and sex
     kept are read by the **judge** predictors (:mod:`cfcl.classifiers`: never seen by the fine-tuning),
     ``effectiveness_teacher`` by the teacher that fine-tuning optimised. MAE in grey levels; ``threshold``
     (fraction of the 0..255 range, default 0.1 = 25.5 grey levels, above the phantom's detector
@@ -361,9 +361,12 @@ def _evaluate(profile: Profile, split: str, threshold: float, progress: bool, t:
 # --------------------------------------------------------------------------------------------
 # Gates (issue 9): a measuring stick first, then the counterfactuals
 # --------------------------------------------------------------------------------------------
-#: The stick: exact counterfactuals must read as counterfactual, x itself must not.
+#: The stick: exact counterfactuals must read as counterfactual, x itself must not (issue 9); and, before
+#: a model's ``sex_kept`` is read, the exact counterfactuals must keep the predicted sex themselves (they never
+#: change it: a reading they flip is the stick's instability, not the model's).
 STICK_GATES = ([("oracle", k, "effectiveness", ">=", 0.95) for k in INTERVENTIONS]
-               + [("identity", k, "effectiveness", "<=", 0.10) for k in INTERVENTIONS])
+               + [("identity", k, "effectiveness", "<=", 0.10) for k in INTERVENTIONS]
+               + [("oracle", k, "sex_kept", ">=", 0.95) for k in INTERVENTIONS])
 #: Acceptance of the HVAE's counterfactuals (``"x identity"``: relative to returning x).
 ACCEPTANCE = [
     ("effusion", "effectiveness", ">=", 0.85), ("effusion", "changed_dice", ">=", 0.60),
@@ -375,8 +378,10 @@ ACCEPTANCE = [
     ("scanner", "composition_mae", "<=", 1.0),
     *[(k, "reversibility_mae", "<=", 5.0) for k in INTERVENTIONS],
 ]
-#: Metrics read through the parent predictors (not claimed when the stick fails).
-STICK_METRICS = ("effectiveness", "preservation", "sex_kept")
+#: Metrics read through the parent predictors -> the stick's gates (by metric) that must all pass before
+#: the metric is claimed.
+STICK_METRICS = {"effectiveness": ("effectiveness",), "preservation": ("effectiveness",),
+                 "sex_kept": ("sex_kept",)}
 
 
 def _value(q: pd.DataFrame, method: str, intervention: str, metric: str) -> float:
@@ -388,15 +393,17 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
     """The gates of a quality table (:func:`evaluate`): first the measuring stick's
     (:data:`STICK_GATES`), then the acceptance of ``method`` (:data:`ACCEPTANCE`). Columns ``gate``
     (``stick`` or ``method``), ``method``, ``intervention``, ``metric``, ``value``, ``target``,
-    ``passed`` (True/False; None for a metric read through a stick that fails its gates: no
-    number is claimed with it) and ``note``. Rows whose inputs are absent (no oracle) are omitted."""
+    ``passed`` (True/False; None for a metric read through a stick that fails the gates licensing it,
+    :data:`STICK_METRICS`: no number is claimed with it) and ``note``. Rows whose inputs are absent (no
+    oracle) are omitted."""
     rows = []
     for m, k, metric, op, bound in STICK_GATES:
         v = _value(quality, m, k, metric)
         if np.isfinite(v):
             rows.append(dict(gate="stick", method=m, intervention=k, metric=metric, value=v, target=f"{op} {bound:g}",
                              passed=bool(v >= bound if op == ">=" else v <= bound), note=""))
-    stick_ok = bool(rows) and all(r["passed"] for r in rows)
+    failed = {r["metric"] for r in rows if not r["passed"]}
+    checked = {r["metric"] for r in rows}
     for k, metric, op, bound in ACCEPTANCE:
         v = _value(quality, method, k, metric)
         if not np.isfinite(v):
@@ -409,11 +416,25 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
             limit, target = bound * ref, f"<= {bound:g} x {ref:.3f} = {bound * ref:.3f}"
         passed = bool(v >= limit if op == ">=" else v <= limit)
         note = ""
-        if metric in STICK_METRICS and not stick_ok:
-            passed, note = None, "not claimed: the measuring stick fails its gates"
+        needs = STICK_METRICS.get(metric, ())
+        if any(m in failed or m not in checked for m in needs):
+            passed, note = None, f"not claimed: the measuring stick fails its {' and '.join(needs)} gates"
         rows.append(dict(gate=method, method=method, intervention=k, metric=metric, value=v, target=target,
                          passed=passed, note=note))
     return pd.DataFrame(rows, columns=["gate", "method", "intervention", "metric", "value", "target", "passed", "note"])
+
+
+def stick_verdict(checks: pd.DataFrame) -> str:
+    """One line per metric the stick's gates check (a :func:`gates` table): passed, or which gates failed."""
+    stick = checks[checks["gate"] == "stick"]
+    lines = []
+    for metric, rows in stick.groupby("metric", sort=False):
+        bad = rows[~rows["passed"].astype(bool)]
+        lines.append(f"measuring stick, {metric}: " + ("passes its gates" if bad.empty else "FAILS "
+                     + ", ".join(f"{r.method} {r.intervention} {r.value:.3f} (target {r.target})" for r in bad.itertuples())
+                     + f": the metrics it licenses ({', '.join(m for m, n in STICK_METRICS.items() if metric in n)})"
+                       " are not claimed"))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -270,13 +270,13 @@ def test_augment_is_a_differentiable_warp():
 def test_gates():
     rows = []
     for k in INTERVENTIONS:
-        rows += [dict(method="oracle", intervention=k, effectiveness=0.97),
+        rows += [dict(method="oracle", intervention=k, effectiveness=0.97, sex_kept=0.96),
                  dict(method="identity", intervention=k, effectiveness=0.05, oracle_mae=10.0),
                  dict(method="hvae", intervention=k, effectiveness=0.9, changed_dice=0.7, oracle_mae=6.0,
                       sex_kept=0.99, composition_mae=0.0, reversibility_mae=2.0)]
     q = pd.DataFrame(rows)
     g = cfm.gates(q)
-    assert (g[g["gate"] == "stick"]["passed"]).all() and len(g[g["gate"] == "stick"]) == 6
+    assert (g[g["gate"] == "stick"]["passed"]).all() and len(g[g["gate"] == "stick"]) == 9
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert h.loc[("scanner", "effectiveness"), "passed"] == False  # noqa: E712  (0.9 < 0.95)
     assert h.loc[("effusion", "effectiveness"), "passed"] == True  # noqa: E712
@@ -288,9 +288,25 @@ def test_gates():
     assert not g[g["gate"] == "stick"]["passed"].all()
     assert h.loc[("effusion", "effectiveness"), "passed"] is None and "not claimed" in h.loc[("effusion", "effectiveness"), "note"]
     assert h.loc[("effusion", "changed_dice"), "passed"] == True  # noqa: E712
+    assert h.loc[("effusion", "sex_kept"), "passed"] == True  # noqa: E712  (its own gates still pass)
+    assert "effectiveness: FAILS identity effusion 0.300" in cfm.stick_verdict(g)
+    assert "sex_kept: passes" in cfm.stick_verdict(g)
+    # the exact counterfactuals flip the sex reading: sex_kept is not claimed, effectiveness is again
+    q.loc[(q["method"] == "identity") & (q["intervention"] == "effusion"), "effectiveness"] = 0.05
+    q.loc[(q["method"] == "oracle") & (q["intervention"] == "both"), "sex_kept"] = 0.9
+    g = cfm.gates(q)
+    h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
+    assert h.loc[("scanner", "sex_kept"), "passed"] is None and "sex_kept gates" in h.loc[("scanner", "sex_kept"), "note"]
+    assert h.loc[("effusion", "effectiveness"), "passed"] == True  # noqa: E712
+    assert "sex_kept: FAILS oracle both 0.900" in cfm.stick_verdict(g)
+    # a table without the sex readings cannot license sex_kept
+    g = cfm.gates(q.drop(columns="sex_kept").assign(sex_kept=[np.nan if m == "oracle" else 0.99 for m in q["method"]]))
+    assert g.set_index(["gate", "intervention", "metric"]).loc[("hvae", "effusion", "sex_kept"), "passed"] is None
 
 
 def test_classifier_metrics_and_training(tiny):
+    from cfcl.hvae import cf_finetune_run, hvae_run
+
     parents = pd.DataFrame(dict(sex=[0, 1, 0, 1], scanner=[1, 1, 0, 0], effusion=[0, 0, 0, 1]))
     probs = np.array([[0.2, 0.9, 0.1], [0.7, 0.4, 0.6], [0.6, 0.3, 0.2], [0.9, 0.1, 0.8]])
     m = clf.classifier_metrics(probs, parents).set_index("parent")
@@ -311,6 +327,12 @@ def test_classifier_metrics_and_training(tiny):
     judge = clf.train_classifiers(prof, progress=False, role="judge")
     assert judge.folder != run.folder and judge.folder.name.startswith("judge-")
     assert clf.classifier_run(prof).key == run.key  # the teacher's key did not move
+    for change in ({"hvae.judge_width": 8}, {"hvae.judge_epochs": 2}):
+        assert clf.classifier_run(tiny(change), "judge").key != judge.key, change  # the judge's own settings
+        assert clf.classifier_run(tiny(change)).key == run.key, change  # never the teacher's
+        assert hvae_run(tiny(change)).key == hvae_run(prof).key, change  # nor the HVAE's
+        assert cf_finetune_run(tiny(change)).key == cf_finetune_run(prof).key, change
+    assert clf.load_classifiers(prof, "judge").config["width"] == prof.hvae.judge_width
     pool, parents = clf._training_pool(load_split(prof, "pretrain"), "judge")
     train = load_split(prof, "pretrain")
     assert len(pool) == 4 * len(train) and np.array_equal(pool[len(train):2 * len(train)], train.counterfactuals[:, 0])

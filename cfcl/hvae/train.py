@@ -37,9 +37,10 @@ from cfcl.runs import Run, load_checkpoint, resume
 WEIGHT_DECAY = 0.01
 WARMUP_STEPS = 100
 # HVAE settings that do not change the ELBO-trained model (they are not part of its key): the parent
-# predictors' (``classifier_*``), counterfactual generation and fine-tuning (``cf_*``, the run of
+# predictors' (``classifier_*``, ``judge_*``), counterfactual generation and fine-tuning (``cf_*``, the run of
 # :mod:`cfcl.hvae.cf_finetune`).
-NOT_TRAINING = tuple(f.name for f in dataclasses.fields(HVAEConfig) if f.name.startswith(("classifier_", "cf_")))
+NOT_TRAINING = tuple(f.name for f in dataclasses.fields(HVAEConfig)
+                     if f.name.startswith(("classifier_", "judge_", "cf_")))
 
 
 # --------------------------------------------------------------------------------------------
