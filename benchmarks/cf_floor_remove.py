@@ -1,0 +1,140 @@
+"""How close can *any* counterfactual model get to the phantom's exact do(effusion) when it removes fluid?
+
+The companion of ``cf_floor.py`` (the add direction). Removing fluid reveals what the fluid covered: the
+lung base on the fluid's side (its hemidiaphragm, ``dome``), the lung hidden below the domes and behind the
+heart (``hidden``) and the gastric bubble under the left dome (``gastric``; ``cfcl.data.phantom.scm.NOISE_SPEC``).
+Redrawing them from their *prior* (the ``prior`` row) overstates the floor, because the fluid is not
+opaque everywhere and most of them still show in x. An ideal model draws them from their *posterior* given
+x. This script samples that posterior by rejection (approximate Bayesian computation). For each effusion image of
+the test split, ``--candidates`` fresh draws of those fields are made (the dome only on the fluid's side,
+everything else kept), and the image is re-rendered *with* its fluid. A draw is kept if that re-render is
+within ``tol`` grey levels (mean absolute difference) of x, that is, if x cannot tell it from the truth at
+that tolerance. Each kept draw is rendered under do(effusion = 0). The rows are:
+
+- ``one draw``: the first kept draw, a perfect model that samples the hidden anatomy;
+- ``Bayes``: the per-pixel median over the kept draws, the image minimising the expected absolute error.
+
+Images with no kept draw have their hidden anatomy pinned by x at that tolerance: there the ideal model's
+counterfactual is the exact one (error 0). Column ``images_kept`` gives the share of images with at least one
+kept draw. ``oracle_mae`` averages over all effusion images, counting the pinned ones at 0. ``oracle_mae_kept``
+averages over the images with a kept draw only.
+
+What this cannot see (so it is a lower bound on the true floor). The vessel texture under the fluid comes
+from a seed that also draws the visible texture, so it is treated as known. And the tolerance admits draws
+that x separates only by less than ``tol``.
+
+    OMP_NUM_THREADS=1 python benchmarks/cf_floor_remove.py --profile cpu --candidates 32
+
+Writes ``benchmarks/results/cf_floor_remove.md``; needs the profile's data (``make data PROFILE=cpu``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cfcl.config import INTERVENTIONS, get_profile
+from cfcl.counterfactuals import changed_region_dice
+from cfcl.data import load_split
+from cfcl.data.phantom import scm
+from cfcl.data.phantom.render import render
+from cfcl.data.phantom.store import load_noise
+
+#: Fields redrawn whole: the lung hidden below the domes and behind the heart, and the gastric bubble.
+HIDDEN = ("hidden", "gastric")
+#: ``eff_side`` -> the hemidiaphragms (``dome`` columns) under the fluid: right, left, both.
+FLUID_DOMES = {0: (0,), 1: (1,), 2: (0, 1)}
+
+
+def redraw(noise: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``noise`` with the fields the fluid may hide taken from ``fresh``: :data:`HIDDEN` whole, ``dome`` on the
+    fluid's side(s) only (:data:`FLUID_DOMES`)."""
+    out = {k: v.copy() for k, v in noise.items()}
+    for k in HIDDEN:
+        out[k] = fresh[k].copy()
+    for side, cols in FLUID_DOMES.items():
+        rows = noise["eff_side"] == side
+        for c in cols:
+            out["dome"][rows, c] = fresh["dome"][rows, c]
+    return out
+
+
+def floor_rows(x: np.ndarray, exact: np.ndarray, renders: np.ndarray, errors: np.ndarray,
+               tol: float) -> dict:
+    """One row: the counterfactuals ``renders (C, N, H, W)`` kept where the factual re-render's error
+    ``errors (C, N)`` is <= ``tol`` (``inf``: all of them, the prior)."""
+    keep = errors <= tol
+    has = keep.any(0)
+    first = np.where(has, keep.argmax(0), 0)
+    one = np.where(has[:, None, None], renders[first, np.arange(len(x))], exact)
+    stack = np.where(keep[:, :, None, None], renders.astype(np.float32), np.nan)
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(stack[:, has], axis=0)
+    bayes = exact.copy()
+    bayes[has] = np.round(med).astype(np.uint8)
+    out = {}
+    for name, cf in (("one draw", one), ("Bayes", bayes)):
+        mae = np.abs(cf.astype(np.float32) - exact.astype(np.float32)).mean(axis=(1, 2))
+        out[name] = dict(images_kept=float(has.mean()), draws_kept=float(keep.sum(0)[has].mean()) if has.any() else 0.0,
+                         oracle_mae=float(mae.mean()), oracle_mae_kept=float(mae[has].mean()) if has.any() else 0.0,
+                         changed_dice=float(changed_region_dice(x, cf, exact).mean()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--tol", type=float, nargs="*", default=[0.1, 0.25, 0.5, 1.0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_floor_remove.md"))
+    args = ap.parse_args(argv)
+    prof = get_profile(args.profile)
+    test = load_split(prof, "test")
+    noise = load_noise(prof.data, "test")
+    sick = np.flatnonzero(test.parents["effusion"].to_numpy() == 1)
+    j = INTERVENTIONS.index("effusion")
+    x = np.asarray(test.images)[sick]
+    exact = np.asarray(test.counterfactuals)[sick, j]
+    nz = scm.take(noise, sick)
+    factual = test.parents.iloc[sick].reset_index(drop=True)
+    healthy = scm.intervene(factual, "effusion")
+    size = prof.data.image_size
+    # sanity: the stored noise reproduces x and the exact counterfactual bit for bit
+    assert np.array_equal(render(nz, factual, size)["image"], x), "re-render of x differs from the stored one"
+    assert np.array_equal(render(nz, healthy, size)["image"], exact), "re-render differs from the stored one"
+    fresh_all = scm.sample_noise(len(sick) * args.candidates, prof.data.seed + 7927, "test", len(scm._bank()))
+    renders = np.empty((args.candidates, len(sick), size, size), np.uint8)
+    errors = np.empty((args.candidates, len(sick)), np.float32)
+    for c in tqdm(range(args.candidates), desc="candidate draws"):
+        dn = redraw(nz, scm.take(fresh_all, np.arange(c * len(sick), (c + 1) * len(sick))))
+        again = render(dn, factual, size)["image"]
+        errors[c] = np.abs(again.astype(np.float32) - x.astype(np.float32)).mean(axis=(1, 2))
+        renders[c] = render(dn, healthy, size)["image"]
+    ident = float(np.abs(x.astype(np.float32) - exact.astype(np.float32)).mean())
+    rows = [dict(counterfactual="identity (x)", tol=np.nan, images_kept=np.nan, draws_kept=np.nan, oracle_mae=ident,
+                 oracle_mae_kept=np.nan, changed_dice=float(changed_region_dice(x, x, exact).mean()))]
+    for tol in sorted(args.tol) + [np.inf]:
+        for name, row in floor_rows(x, exact, renders, errors, tol).items():
+            label = f"{name}, prior (every draw)" if np.isinf(tol) else f"{name}, posterior (tol {tol:g})"
+            rows.append(dict(counterfactual=label, tol=tol, **row))
+    rows.append(dict(counterfactual="exact", tol=np.nan, images_kept=np.nan, draws_kept=np.nan, oracle_mae=0.0,
+                     oracle_mae_kept=np.nan, changed_dice=1.0))
+    table = pd.DataFrame(rows)
+    table["mae_vs_identity"] = table["oracle_mae"] / ident
+    quantiles = np.percentile(errors, [10, 50, 90])
+    text = (f"# Floor of do(effusion), remove direction ({args.profile} profile, test split, {len(sick)} effusion "
+            f"images, {args.candidates} candidate draws each)\n\n`OMP_NUM_THREADS=1 python benchmarks/cf_floor_remove.py "
+            f"--profile {args.profile} --candidates {args.candidates}`\n\n"
+            + table.drop(columns="tol").to_markdown(index=False, floatfmt=".3f")
+            + f"\n\nError of the factual re-render with redrawn hidden anatomy (grey levels, over all candidates): "
+              f"10 % {quantiles[0]:.2f}, median {quantiles[1]:.2f}, 90 % {quantiles[2]:.2f}.\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
