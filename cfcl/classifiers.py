@@ -141,22 +141,18 @@ class ParentClassifier(nn.Module):
 ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
 
 
-#: The teacher's width (the judge's is ``hvae.judge_width``).
-TEACHER_WIDTH = 16
-
-
 def classifier_run(profile: Profile, role: str = "teacher", width: int | None = None, lr: float = 1e-3) -> Run:
     """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see the
     module docstring); its key covers the settings below and the data. ``width`` (None: the role's own,
-    :data:`TEACHER_WIDTH` or ``hvae.judge_width``) and the epochs (``hvae.classifier_epochs``, the judge's
-    ``hvae.judge_epochs``)."""
+    ``hvae.classifier_width`` or ``hvae.judge_width``) and the epochs (``hvae.classifier_epochs``, the
+    judge's ``hvae.judge_epochs``)."""
     if role not in ROLES:
         raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
     hv = profile.hvae
     aug = hv.classifier_augment
     judge = role == "judge"
     if width is None:
-        width = hv.judge_width if judge else TEACHER_WIDTH
+        width = hv.judge_width if judge else hv.classifier_width
     settings = dict(epochs=hv.judge_epochs if judge else hv.classifier_epochs, batch_size=hv.batch_size,
                     width=width, lr=lr,
                     balance="scanner_x_effusion", augment=aug,

@@ -100,6 +100,7 @@ class HVAEConfig:
     # teachers of counterfactual fine-tuning. Batches of ``batch_size`` balanced over the four
     # scanner x effusion cells (no shortcut from the confounded scanner to effusion).
     classifier_epochs: int = setting(20, lo=1)
+    classifier_width: int = setting(16, lo=1, doc="channels of the teacher's first stage")
     classifier_augment: str = setting("views", choices=("none", "geometry", "views"),
                                       doc="geometry: the views' rotation/zoom/shift/flip (cfcl.views); views: "
                                           "plus their photometric jitter on half of each batch, whose "
@@ -108,7 +109,7 @@ class HVAEConfig:
     # times the images (the exact counterfactuals too) and must pass the stick's gates
     # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps
     # the settings above (its runs, and the fine-tuned HVAE keyed by them, stay valid).
-    judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage (the teacher has 16)")
+    judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage")
     judge_epochs: int = setting(40, lo=1, doc="the judge's epochs (of ceil(n_pretrain / batch_size) batches)")
     cf_batch_size: int = setting(64, lo=1, doc="images per batch when generating counterfactuals")
     # Counterfactual fine-tuning (cfcl.hvae.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen

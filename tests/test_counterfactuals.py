@@ -333,6 +333,10 @@ def test_classifier_metrics_and_training(tiny):
         assert hvae_run(tiny(change)).key == hvae_run(prof).key, change  # nor the HVAE's
         assert cf_finetune_run(tiny(change)).key == cf_finetune_run(prof).key, change
     assert clf.load_classifiers(prof, "judge").config["width"] == prof.hvae.judge_width
+    wide = tiny({"hvae.classifier_width": 8})
+    assert clf.classifier_run(wide).key != run.key and clf.classifier_run(wide, "judge").key == judge.key
+    assert clf.classifier_run(wide).settings["width"] == 8 and hvae_run(wide).key == hvae_run(prof).key
+    assert cf_finetune_run(wide).key != cf_finetune_run(prof).key  # the teacher taught it
     pool, parents = clf._training_pool(load_split(prof, "pretrain"), "judge")
     train = load_split(prof, "pretrain")
     assert len(pool) == 4 * len(train) and np.array_equal(pool[len(train):2 * len(train)], train.counterfactuals[:, 0])
