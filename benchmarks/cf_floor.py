@@ -34,6 +34,17 @@ from cfcl.data.phantom.store import load_noise
 EFFUSION_NOISE = ("eff_side", "eff_kind", "eff_volume", "meniscus", "eff_soft", "loculus", "atelectasis")
 
 
+def effusion_subset(profile, effusion: int) -> tuple[np.ndarray, np.ndarray, dict, pd.DataFrame, pd.DataFrame]:
+    """The test split's images with ``effusion`` (0: healthy, where do(effusion) adds fluid; 1: removes it):
+    x, its exact do(effusion), its exogenous noise, and its factual and counterfactual parents."""
+    test = load_split(profile, "test")
+    rows = np.flatnonzero(test.parents["effusion"].to_numpy() == effusion)
+    x = np.asarray(test.images)[rows]
+    exact = np.asarray(test.counterfactuals)[rows, INTERVENTIONS.index("effusion")]
+    factual = test.parents.iloc[rows].reset_index(drop=True)
+    return x, exact, scm.take(load_noise(profile.data, "test"), rows), factual, scm.intervene(factual, "effusion")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
@@ -41,20 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_floor.md"))
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
-    test = load_split(prof, "test")
-    noise = load_noise(prof.data, "test")
-    healthy = np.flatnonzero(test.parents["effusion"].to_numpy() == 0)
-    j = INTERVENTIONS.index("effusion")
-    x = np.asarray(test.images)[healthy]
-    exact = np.asarray(test.counterfactuals)[healthy, j]
-    nz = scm.take(noise, healthy)
-    parents = scm.intervene(test.parents.iloc[healthy].reset_index(drop=True), "effusion")
+    x, exact, nz, _, parents = effusion_subset(prof, 0)
+    n = len(x)
     size = prof.data.image_size
-    fresh_all = scm.sample_noise(len(healthy) * args.draws, prof.data.seed + 7919, "test", len(scm._bank()))
-    renders = np.empty((args.draws, len(healthy), size, size), np.uint8)
+    fresh_all = scm.sample_noise(n * args.draws, prof.data.seed + 7919, "test", len(scm._bank()))
+    renders = np.empty((args.draws, n, size, size), np.uint8)
     for d in range(args.draws):
         dn = {k: v.copy() for k, v in nz.items()}
-        fresh = scm.take(fresh_all, np.arange(d * len(healthy), (d + 1) * len(healthy)))
+        fresh = scm.take(fresh_all, np.arange(d * n, (d + 1) * n))
         for k in EFFUSION_NOISE:
             dn[k] = fresh[k]
         renders[d] = render(dn, parents, size)["image"]
@@ -66,12 +71,12 @@ def main(argv: list[str] | None = None) -> None:
                      ("exact", exact)):
         mae = np.abs(cf.astype(np.float32) - exact.astype(np.float32)).mean(axis=(1, 2))
         dice = changed_region_dice(x, cf, exact)
-        rows.append(dict(counterfactual=name, n=len(healthy), oracle_mae=float(mae.mean()),
+        rows.append(dict(counterfactual=name, n=n, oracle_mae=float(mae.mean()),
                          changed_dice=float(dice.mean())))
     table = pd.DataFrame(rows)
     ident = table.loc[0, "oracle_mae"]
     table["mae_vs_identity"] = table["oracle_mae"] / ident
-    text = (f"# Floor of do(effusion), add direction ({args.profile} profile, test split, {len(healthy)} healthy "
+    text = (f"# Floor of do(effusion), add direction ({args.profile} profile, test split, {n} healthy "
             f"images, {args.draws} draws)\n\n`OMP_NUM_THREADS=1 python benchmarks/cf_floor.py --profile "
             f"{args.profile} --draws {args.draws}`\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

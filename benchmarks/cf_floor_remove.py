@@ -36,12 +36,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cfcl.config import INTERVENTIONS, get_profile
+from cf_floor import effusion_subset
+from cfcl.config import get_profile
 from cfcl.counterfactuals import changed_region_dice
-from cfcl.data import load_split
 from cfcl.data.phantom import scm
 from cfcl.data.phantom.render import render
-from cfcl.data.phantom.store import load_noise
 
 #: Fields redrawn whole: the lung hidden below the domes and behind the heart, and the gastric bubble.
 HIDDEN = ("hidden", "gastric")
@@ -92,24 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_floor_remove.md"))
     args = ap.parse_args(argv)
     prof = get_profile(args.profile)
-    test = load_split(prof, "test")
-    noise = load_noise(prof.data, "test")
-    sick = np.flatnonzero(test.parents["effusion"].to_numpy() == 1)
-    j = INTERVENTIONS.index("effusion")
-    x = np.asarray(test.images)[sick]
-    exact = np.asarray(test.counterfactuals)[sick, j]
-    nz = scm.take(noise, sick)
-    factual = test.parents.iloc[sick].reset_index(drop=True)
-    healthy = scm.intervene(factual, "effusion")
+    x, exact, nz, factual, healthy = effusion_subset(prof, 1)
+    n = len(x)
     size = prof.data.image_size
     # sanity: the stored noise reproduces x and the exact counterfactual bit for bit
     assert np.array_equal(render(nz, factual, size)["image"], x), "re-render of x differs from the stored one"
     assert np.array_equal(render(nz, healthy, size)["image"], exact), "re-render differs from the stored one"
-    fresh_all = scm.sample_noise(len(sick) * args.candidates, prof.data.seed + 7927, "test", len(scm._bank()))
-    renders = np.empty((args.candidates, len(sick), size, size), np.uint8)
-    errors = np.empty((args.candidates, len(sick)), np.float32)
+    fresh_all = scm.sample_noise(n * args.candidates, prof.data.seed + 7927, "test", len(scm._bank()))
+    renders = np.empty((args.candidates, n, size, size), np.uint8)
+    errors = np.empty((args.candidates, n), np.float32)
     for c in tqdm(range(args.candidates), desc="candidate draws"):
-        dn = redraw(nz, scm.take(fresh_all, np.arange(c * len(sick), (c + 1) * len(sick))))
+        dn = redraw(nz, scm.take(fresh_all, np.arange(c * n, (c + 1) * n)))
         again = render(dn, factual, size)["image"]
         errors[c] = np.abs(again.astype(np.float32) - x.astype(np.float32)).mean(axis=(1, 2))
         renders[c] = render(dn, healthy, size)["image"]
@@ -125,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows)
     table["mae_vs_identity"] = table["oracle_mae"] / ident
     quantiles = np.percentile(errors, [10, 50, 90])
-    text = (f"# Floor of do(effusion), remove direction ({args.profile} profile, test split, {len(sick)} effusion "
+    text = (f"# Floor of do(effusion), remove direction ({args.profile} profile, test split, {n} effusion "
             f"images, {args.candidates} candidate draws each)\n\n`OMP_NUM_THREADS=1 python benchmarks/cf_floor_remove.py "
             f"--profile {args.profile} --candidates {args.candidates}`\n\n"
             + table.drop(columns="tol").to_markdown(index=False, floatfmt=".3f")
