@@ -1,0 +1,43 @@
+"""The remove direction's floor (benchmarks/cf_floor_remove.py): what it redraws, what it keeps, and its
+averages, on hand-made arrays."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cf_floor_remove as floor  # noqa: E402  (a benchmark script, importable from its folder)
+
+
+def test_redraw_takes_only_what_fluid_can_hide():
+    n = 3
+    noise = dict(eff_side=np.array([0, 1, 2]), dome=np.zeros((n, 2)), hidden=np.zeros((n, 3)),
+                 gastric=np.zeros((n, 3)), habitus=np.zeros(n))
+    fresh = {k: np.ones_like(v, dtype=float) for k, v in noise.items()}
+    out = floor.redraw(noise, fresh)
+    # the dome is redrawn on the fluid's side only: right, left, both
+    assert out["dome"].tolist() == [[1, 0], [0, 1], [1, 1]]
+    assert (out["hidden"] == 1).all() and (out["gastric"] == 1).all()
+    assert (out["habitus"] == 0).all() and (out["eff_side"] == noise["eff_side"]).all()  # the rest is kept
+    assert (noise["dome"] == 0).all()  # the input is not modified
+
+
+def test_floor_rows_keeps_draws_within_tolerance():
+    x = np.zeros((2, 1, 4), np.uint8)
+    exact = np.full((2, 1, 4), 100, np.uint8)
+    renders = np.stack([np.full((2, 1, 4), v, np.uint8) for v in (90, 100, 120)])  # (C=3, N=2, 1, 4)
+    errors = np.array([[0.1, 5.0], [0.2, 5.0], [3.0, 5.0]])  # image 1: no draw within any tolerance below 5
+    rows = floor.floor_rows(x, exact, renders, errors, tol=0.5)
+    one, bayes = rows["one draw"], rows["Bayes"]
+    assert one["images_kept"] == bayes["images_kept"] == 0.5
+    assert one["draws_kept"] == 2.0  # image 0 keeps draws 0 and 1
+    # image 0: the first kept draw (90) is 10 off; image 1 is pinned by x and counts at 0
+    assert one["oracle_mae_kept"] == pytest.approx(10.0) and one["oracle_mae"] == pytest.approx(5.0)
+    # the per-pixel median of 90 and 100 (95) is 5 off
+    assert bayes["oracle_mae_kept"] == pytest.approx(5.0) and bayes["oracle_mae"] == pytest.approx(2.5)
+    prior = floor.floor_rows(x, exact, renders, errors, tol=np.inf)["Bayes"]
+    assert prior["images_kept"] == 1.0 and prior["draws_kept"] == 3.0
+    assert prior["oracle_mae"] == pytest.approx(0.0)  # the median of 90, 100, 120 is exact
