@@ -141,20 +141,18 @@ class ParentClassifier(nn.Module):
 ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
 
 
-def classifier_run(profile: Profile, role: str = "teacher", width: int | None = None, lr: float = 1e-3) -> Run:
+def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) -> Run:
     """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see the
-    module docstring); its key covers the settings below and the data. ``width`` (None: the role's own,
-    ``hvae.classifier_width`` or ``hvae.judge_width``) and the epochs (``hvae.classifier_epochs``, the
-    judge's ``hvae.judge_epochs``)."""
+    module docstring); its key covers the settings below and the data. Width and epochs are the role's
+    own: ``hvae.classifier_width`` and ``hvae.classifier_epochs`` for the teacher, ``hvae.judge_width`` and
+    ``hvae.judge_epochs`` for the judge."""
     if role not in ROLES:
         raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
     hv = profile.hvae
     aug = hv.classifier_augment
     judge = role == "judge"
-    if width is None:
-        width = hv.judge_width if judge else hv.classifier_width
     settings = dict(epochs=hv.judge_epochs if judge else hv.classifier_epochs, batch_size=hv.batch_size,
-                    width=width, lr=lr,
+                    width=hv.judge_width if judge else hv.classifier_width, lr=lr,
                     balance="scanner_x_effusion", augment=aug,
                     geometry=dataclasses.asdict(AUGMENT) if aug != "none" else None,
                     photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
@@ -181,8 +179,7 @@ def _training_pool(train, role: str) -> tuple[np.ndarray, pd.DataFrame]:
     return np.concatenate(images), pd.concat(parents, ignore_index=True)
 
 
-def train_classifiers(profile: Profile, progress: bool = True, role: str = "teacher", width: int | None = None,
-                      lr: float = 1e-3) -> Run:
+def train_classifiers(profile: Profile, progress: bool = True, role: str = "teacher", lr: float = 1e-3) -> Run:
     """Train the parent predictors of ``role`` on the pretrain split (the judge: with the exact
     counterfactuals where the source has them, :func:`_training_pool`); return their run.
 
@@ -194,7 +191,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
     batch, whose scanner labels are left out) or ``"none"``. A finished run is verified and returned; an
     interrupted one resumes from ``last.pt`` (after every epoch).
     """
-    run = classifier_run(profile, role, width, lr)
+    run = classifier_run(profile, role, lr)
     if run.is_finished():
         return run.require()
     with run.claim():

@@ -393,9 +393,9 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
     """The gates of a quality table (:func:`evaluate`): first the measuring stick's
     (:data:`STICK_GATES`), then the acceptance of ``method`` (:data:`ACCEPTANCE`). Columns ``gate``
     (``stick`` or ``method``), ``method``, ``intervention``, ``metric``, ``value``, ``target``,
-    ``passed`` (True/False; None for a metric read through a stick that fails the gates licensing it,
-    :data:`STICK_METRICS`: no number is claimed with it) and ``note``. Rows whose inputs are absent (no
-    oracle) are omitted."""
+    ``passed`` (True/False; None for a metric read through a stick whose licensing gates,
+    :data:`STICK_METRICS`, fail or cannot be checked (no exact counterfactuals: real data): no number is
+    claimed with it) and ``note``. Rows whose inputs are absent (no oracle) are omitted."""
     rows = []
     for m, k, metric, op, bound in STICK_GATES:
         v = _value(quality, m, k, metric)
@@ -403,7 +403,7 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
             rows.append(dict(gate="stick", method=m, intervention=k, metric=metric, value=v, target=f"{op} {bound:g}",
                              passed=bool(v >= bound if op == ">=" else v <= bound), note=""))
     failed = {r["metric"] for r in rows if not r["passed"]}
-    checked = {r["metric"] for r in rows}
+    unchecked = {g[2] for g in STICK_GATES if not np.isfinite(_value(quality, *g[:3]))}  # e.g. no oracle rows
     for k, metric, op, bound in ACCEPTANCE:
         v = _value(quality, method, k, metric)
         if not np.isfinite(v):
@@ -417,7 +417,9 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
         passed = bool(v >= limit if op == ">=" else v <= limit)
         note = ""
         needs = STICK_METRICS.get(metric, ())
-        if any(m in failed or m not in checked for m in needs):
+        if any(m in unchecked for m in needs):
+            passed, note = None, f"not claimed: the measuring stick's {' and '.join(needs)} gates cannot be checked"
+        elif any(m in failed for m in needs):
             passed, note = None, f"not claimed: the measuring stick fails its {' and '.join(needs)} gates"
         rows.append(dict(gate=method, method=method, intervention=k, metric=metric, value=v, target=target,
                          passed=passed, note=note))
@@ -425,15 +427,23 @@ def gates(quality: pd.DataFrame, method: str = "hvae") -> pd.DataFrame:
 
 
 def stick_verdict(checks: pd.DataFrame) -> str:
-    """One line per metric the stick's gates check (a :func:`gates` table): passed, or which gates failed."""
+    """One line per metric of the stick's gates (a :func:`gates` table): passed, which gates failed, or
+    that some could not be checked (their rows are absent: no exact counterfactuals)."""
     stick = checks[checks["gate"] == "stick"]
     lines = []
-    for metric, rows in stick.groupby("metric", sort=False):
+    for metric in dict.fromkeys(g[2] for g in STICK_GATES):
+        rows = stick[stick["metric"] == metric]
         bad = rows[~rows["passed"].astype(bool)]
-        lines.append(f"measuring stick, {metric}: " + ("passes its gates" if bad.empty else "FAILS "
-                     + ", ".join(f"{r.method} {r.intervention} {r.value:.3f} (target {r.target})" for r in bad.itertuples())
-                     + f": the metrics it licenses ({', '.join(m for m, n in STICK_METRICS.items() if metric in n)})"
-                       " are not claimed"))
+        licensed = ", ".join(m for m, n in STICK_METRICS.items() if metric in n)
+        if len(rows) < sum(g[2] == metric for g in STICK_GATES):
+            verdict = f"cannot be checked ({len(rows)} of its gates have inputs)"
+        elif bad.empty:
+            verdict = "passes its gates"
+        else:
+            verdict = "FAILS " + ", ".join(f"{r.method} {r.intervention} {r.value:.3f} (target {r.target})"
+                                           for r in bad.itertuples())
+        lines.append(f"measuring stick, {metric}: {verdict}"
+                     + ("" if verdict.startswith("passes") else f": {licensed} not claimed"))
     return "\n".join(lines)
 
 

@@ -302,6 +302,13 @@ def test_gates():
     # a table without the sex readings cannot license sex_kept
     g = cfm.gates(q.drop(columns="sex_kept").assign(sex_kept=[np.nan if m == "oracle" else 0.99 for m in q["method"]]))
     assert g.set_index(["gate", "intervention", "metric"]).loc[("hvae", "effusion", "sex_kept"), "passed"] is None
+    # no exact counterfactuals (real data): identity's gates pass, but nothing is licensed by half a stick
+    g = cfm.gates(q[q["method"] != "oracle"])
+    h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
+    assert (g[g["gate"] == "stick"]["method"] == "identity").all() and g[g["gate"] == "stick"]["passed"].all()
+    assert h.loc[("effusion", "effectiveness"), "passed"] is None and "cannot be checked" in h.loc[("effusion", "effectiveness"), "note"]
+    assert h.loc[("effusion", "sex_kept"), "passed"] is None
+    assert "effectiveness: cannot be checked (3 of its gates have inputs)" in cfm.stick_verdict(g)
 
 
 def test_classifier_metrics_and_training(tiny):
