@@ -133,6 +133,9 @@ class HVAEConfig:
                                "the predictors' own reading of x")
     cf_l1: float = setting(0.0, lo=0.0, doc="weight of mean |x_cf - x| (in [-1, 1] units) in the auxiliary "
                                             "loss where the scanner is kept (minimality of a local change)")
+    cf_l1_scale: float = setting(0.0, lo=0.0, doc="0: the minimality term is the plain mean |x_cf - x|; > 0 (in "
+                                                  "[-1, 1] units): the sparse s*log(1 + |x_cf - x|/s), which charges "
+                                                  "many small changes (a global shift) more than a few large ones")
 
 
 @dataclass(frozen=True)

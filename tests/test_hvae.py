@@ -3,6 +3,7 @@ on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pandas as pd
@@ -236,6 +237,21 @@ def test_flip_parents_and_batches():
     assert abs(share[1] - 0.6) < 0.03 and abs(share[0] - 0.2) < 0.03 and abs(share[2] - 0.2) < 0.03
 
 
+def test_minimality_plain_and_sparse():
+    d = torch.zeros(2, 1, 4, 4)
+    d[0] = 0.1  # every pixel moved a little (a global shift)
+    d[1, 0, 0, :2] = 0.8  # two pixels moved a lot (a local change), the same total |d|
+    plain = cft.minimality(d)
+    torch.testing.assert_close(plain, torch.tensor([0.1, 0.1]))
+    s = 0.04
+    sparse = cft.minimality(d, s)
+    expected = torch.tensor([s * math.log1p(0.1 / s), 2 * s * math.log1p(0.8 / s) / 16])
+    torch.testing.assert_close(sparse, expected)
+    assert sparse[0] > 3 * sparse[1]  # the shift costs more than the local change
+    small = torch.full((1, 1, 2, 2), 1e-4)  # below the scale the two agree
+    torch.testing.assert_close(cft.minimality(small, s), cft.minimality(small), rtol=3e-3, atol=0)
+
+
 def test_counterfactual_is_differentiable_and_matches_generation():
     import cfcl.counterfactuals as cfm
 
@@ -338,6 +354,9 @@ def test_cf_finetune_keys(tiny):
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.classifier_epochs": 2})).key != run.key
     # generation settings do not change it; fine-tuning settings do not change the ELBO run
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_batch_size": 3})).key == run.key
+    # the sparse minimality keys its own run; left at 0 (plain L1) it keys nothing, so older runs stay valid
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_l1_scale": 0.04})).key != run.key
+    assert "cf_l1_scale" not in cft.cf_settings(prof)["cf"]
     assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
     off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
     assert cft.counterfactual_model_run(off).key == hvae_run(prof).key

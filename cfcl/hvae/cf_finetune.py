@@ -82,6 +82,8 @@ def cf_settings(profile: Profile) -> dict:
     """The settings the fine-tuning run reads (its key)."""
     hv = profile.hvae
     cf = {k: v for k, v in profile.section("hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
+    if not cf.get("cf_l1_scale"):  # the plain L1 (default): the keys of the runs made before the setting stay
+        cf.pop("cf_l1_scale", None)
     return {"cf": cf, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
             "grad_skip": hv.grad_skip, "ema_rate": hv.ema_rate, "weight_decay": WEIGHT_DECAY,
             "abduction_t": 0.0, "eps_images": EPS_IMAGES, "seed": profile.seed}
@@ -188,14 +190,15 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
             lag_opt: torch.optim.Optimizer, lmbda: torch.Tensor, x: torch.Tensor, pa: torch.Tensor,
             cf_pa: torch.Tensor, eps: float, *, beta: float, damping: float, grad_clip: float,
             grad_skip: float, ema_rate: float, step: int | None = None, augment: bool = False,
-            keep: str = "label", l1: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
+            keep: str = "label", l1: float = 0.0, l1_scale: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
     """One step of counterfactual fine-tuning (see the module docstring) on ``x (B, 1, H, W)`` in
     [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``. ``predictor`` is
     frozen (eval mode, no gradient to its weights). The targets of the intervened parents are their
     counterfactual values; those of the others are their factual labels (``keep="label"``, causal-gen)
     or the frozen predictors' own probabilities on ``x`` (``keep="predicted"``: keep what the
     predictor reads, whatever its accuracy). ``l1``: weight of the mean ``|x_cf - x|`` over the images
-    whose scanner is kept (minimality of a local change; do(scanner) changes every pixel).
+    whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
+    ``l1_scale = s > 0`` the term is the sparse ``s * log(1 + |x_cf - x| / s)`` instead (:func:`minimality`).
     ``lmbda`` is the ``(1,)`` multiplier that
     ``lag_opt`` maximises (clamped at 0). Skipped (no update of the HVAE, the multiplier or the
     EMA) when the HVAE's gradient norm is not finite or ``>= grad_skip``. With ``step`` the EMA rate
@@ -222,7 +225,7 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     aux = per_parent.sum()
     if l1 > 0:  # minimality, where the intervention is local (the scanner changes every pixel)
         local = (cf_pa[:, PARENTS.index("scanner")] == pa[:, PARENTS.index("scanner")]).float()
-        aux = aux + l1 * ((x_cf - x).abs().mean(dim=(1, 2, 3)) * local).mean()
+        aux = aux + l1 * (minimality(x_cf - x, l1_scale) * local).mean()
     gap = eps - out["loss"]
     loss = aux - (lmbda - damping * gap.detach()) * gap
     loss = loss.sum()
@@ -243,6 +246,17 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
                eps=float(eps), grad_norm=grad_norm, skipped=float(skipped))
     res["lambda"] = float(lmbda.detach())
     return res
+
+
+def minimality(diff: torch.Tensor, scale: float = 0.0) -> torch.Tensor:
+    """Per-image cost ``(B,)`` of a change ``diff = x_cf - x`` ``(B, 1, H, W)``: the mean ``|diff|``
+    (``scale = 0``), or the mean of the sparse penalty ``s * log(1 + |diff| / s)`` (``scale = s > 0``, in
+    [-1, 1] units), equal to ``|diff|`` for small changes and growing only logarithmically beyond ``s``, so
+    moving every pixel a little (a global shift) costs more than moving a few a lot (fluid removed)."""
+    d = diff.abs()
+    if scale > 0:
+        d = scale * torch.log1p(d / scale)
+    return d.mean(dim=(1, 2, 3))
 
 
 def make_optimizers(model: HVAE, lmbda: torch.Tensor, lr: float, lr_lagrange: float):
@@ -338,6 +352,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
                       eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
                       ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep, l1=hv.cf_l1,
+                      l1_scale=hv.cf_l1_scale,
                       generator=gen)
         step += 1
         rows.append(dict(step=step, **{k: out[k] for k in LOG_COLUMNS if k != "step"}))
