@@ -19,7 +19,8 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
    asks to keep what it reads rather than to exaggerate the label); with ``hvae.cf_augment`` the
    predictors read ``x_cf`` through a random warp, as in their training, so the HVAE cannot satisfy
    them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
-   ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change), under the constraint
+   ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change; with
+   ``hvae.cf_l1_scale = s > 0`` the sparse ``s log(1 + |x_cf - x| / s)`` instead), under the constraint
    that the negative ELBO of the factual batch stays at ``eps`` = the ELBO model's loss on the
    training split (weighted as the batches are) + ``hvae.cf_elbo_slack``:
 
