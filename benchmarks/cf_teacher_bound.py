@@ -44,12 +44,16 @@ def cases(effusion: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
             "both": ("both", mixed)}
 
 
-def with_teacher(role: str, fn, *args, **kwargs):
-    """Call ``fn`` with ``role``'s predictors standing in for the teacher wherever the fine-tuning asks for
-    it (its key then names that role's run)."""
+def with_teacher(stand_in: str, fn, *args, **kwargs):
+    """Call ``fn`` with ``stand_in``'s predictors in the teacher's place wherever it asks for the teacher
+    (the fine-tuning's key then names that role's run); other roles are served as usual."""
     load, run = clf.load_classifiers, clf.classifier_run
-    clf.load_classifiers = lambda profile, role_=None, **kw: load(profile, role=role)
-    clf.classifier_run = lambda profile, role_=None, **kw: run(profile, role=role, **kw)
+
+    def swap(role: str) -> str:
+        return stand_in if role == "teacher" else role
+
+    clf.load_classifiers = lambda profile, role="teacher": load(profile, role=swap(role))
+    clf.classifier_run = lambda profile, role="teacher", lr=1e-3: run(profile, swap(role), lr)
     try:
         return fn(*args, **kwargs)
     finally:
