@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, get_profile
@@ -40,25 +39,15 @@ N_IMAGES = 300
 @torch.no_grad()
 def decode(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor, residual: bool = True,
            prior_groups: int = 0) -> torch.Tensor:
-    """``x_cf`` (B, 1, H, W) with the abducted latents (posterior means), the coarsest ``prior_groups``
-    groups replaced by their prior means under each decode's parents; without the pixel residual
-    ``cf_scale * (x - loc) / scale`` when ``residual`` is False."""
-    zs = [s["z"] for s in model.abduct(x, pa)]
-
-    def top_down(parents: torch.Tensor) -> torch.Tensor:
-        h = model.h0.expand(x.shape[0], -1, -1, -1)
-        for i, block in enumerate(model.blocks):
-            if h.shape[-1] != block.res:
-                h = model.up[model.block_level[i]](F.interpolate(h, size=(block.res, block.res), mode="nearest"))
-            p_loc, _, feat = block.prior_stats(h, parents)
-            h = block.update(h, p_loc if i < prior_groups else zs[i], feat, parents)
-        return h
-
-    loc, logscale = model.pixel_params(top_down(pa))
-    cf_loc, cf_logscale = model.pixel_params(top_down(cf_pa))
+    """``x_cf`` (B, 1, H, W): :meth:`HVAE.counterfactual` with the coarsest ``prior_groups`` latent groups at
+    their prior means under each decode's parents (mixture weight 0) and the others abducted (weight 1);
+    without the pixel residual (``residual=False``) the likelihood mean decoded from the abducted latents."""
     if not residual:
-        return cf_loc.clamp(-1, 1)
-    return (cf_loc + torch.exp(cf_logscale - logscale) * (x - loc)).clamp(-1, 1)
+        h, _ = model.decode(cf_pa, latents=[s["z"] for s in model.abduct(x, pa)])
+        return model.pixel_params(h)[0].clamp(-1, 1)
+    n = len(model.blocks)
+    return model.counterfactual(x, pa, cf_pa, alpha=(0.0,) * prior_groups + (1.0,) * (n - prior_groups)
+                                if prior_groups else 1.0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,8 +61,9 @@ def with_teacher(stand_in: str, fn, *args, **kwargs):
 
 
 def judged(profile, model: HVAE, data, judge) -> list[dict]:
-    """One row per case: the judge's effectiveness, MAE to the exact counterfactual (and as a multiple of
-    returning x), changed-region Dice, and the share whose sex reading is kept."""
+    """One row per case, each metric as :func:`cfcl.counterfactuals.quality_rows` defines it: the judge's
+    effectiveness, MAE to the exact counterfactual (and as a multiple of returning x), changed-region Dice,
+    and ``sex_kept`` (the judge reads the same sex on the counterfactual as on x)."""
     pa_all = parents_tensor(data.parents)
     rows = []
     for name, (k, idx) in cases(data.parents["effusion"].to_numpy()).items():
@@ -70,6 +71,7 @@ def judged(profile, model: HVAE, data, judge) -> list[dict]:
         cf_pa = intervene(pa, k)
         out = counterfactual_images(model, data.images[idx], pa, cf_pa, batch_size=100)
         p = clf.predict_parents(judge, out) > 0.5
+        sex_x = clf.predict_parents(judge, data.images[idx])[:, 0] > 0.5
         target = cf_pa.numpy() > 0.5
         heads = {"scanner": (1,), "effusion": (2,), "both": (1, 2)}[k]
         exact = data.counterfactuals[idx, INTERVENTIONS.index(k)]
@@ -77,7 +79,7 @@ def judged(profile, model: HVAE, data, judge) -> list[dict]:
         rows.append(dict(case=name, n=len(idx), effectiveness=np.all(p[:, heads] == target[:, heads], 1).mean(),
                          oracle_mae=err, vs_identity=err / base,
                          changed_dice=np.nanmean(changed_region_dice(data.images[idx], out, exact)),
-                         sex_kept=(p[:, 0] == target[:, 0]).mean()))
+                         sex_kept=(p[:, 0] == sex_x).mean()))
     return rows
 
 

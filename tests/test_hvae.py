@@ -252,6 +252,22 @@ def test_minimality_plain_and_sparse():
     torch.testing.assert_close(cft.minimality(small, s), cft.minimality(small), rtol=3e-3, atol=0)
 
 
+def test_mixture_weights_per_latent_group():
+    model, _, _, x, pa, cf_pa = _cf_setup()
+    n = len(model.blocks)
+    assert n >= 2
+    with torch.no_grad():
+        for a in (1.0, 0.0, 0.5):  # one weight per group, all equal: the same as the single weight
+            torch.testing.assert_close(model.counterfactual(x, pa, cf_pa, alpha=(a,) * n),
+                                       model.counterfactual(x, pa, cf_pa, alpha=a), rtol=0, atol=1e-6)
+        zs = [s["z"] for s in model.abduct(x, pa)]
+        _, mixed = model.decode(cf_pa, mix=(zs, (0.0,) + (1.0,) * (n - 1)))
+        _, prior = model.decode(cf_pa, mix=(zs, 0.0))
+    torch.testing.assert_close(mixed[0]["z"], prior[0]["z"])  # the coarsest group: its prior mean
+    for i in range(1, n):  # the others: the abducted latents
+        torch.testing.assert_close(mixed[i]["z"], zs[i], rtol=0, atol=0)
+
+
 def test_counterfactual_is_differentiable_and_matches_generation():
     import cfcl.counterfactuals as cfm
 

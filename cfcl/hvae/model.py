@@ -222,7 +222,8 @@ class HVAE(nn.Module):
 
     # ---- decoder ------------------------------------------------------------------------
     def decode(self, pa: torch.Tensor, acts: list[torch.Tensor] | None = None,
-               latents: Sequence[torch.Tensor] | None = None, mix: tuple[Sequence[torch.Tensor], float] | None = None,
+               latents: Sequence[torch.Tensor] | None = None,
+               mix: tuple[Sequence[torch.Tensor], float | Sequence[float]] | None = None,
                t: float = 1.0, generator: torch.Generator | None = None):
         """Run the top-down path. Exactly one way of choosing each ``z_i``:
 
@@ -231,6 +232,7 @@ class HVAE(nn.Module):
         - ``latents``: the given ``z_i``;
         - ``mix = (q_locs, alpha)``: ``z_i = alpha * q_loc_i + (1 - alpha) * p_loc_i`` with the
           prior mean under the current parents (causal-gen's mixture abduction at zero temperature);
+          ``alpha`` is one float, or one per latent group (coarse to fine);
         - none: ``z_i ~ p(z_i | z_<i, pa)`` at temperature ``t``.
 
         Returns ``(h (B, widths[0], H, W), stats)`` where ``stats`` is a list (one per group) of
@@ -253,7 +255,8 @@ class HVAE(nn.Module):
                 z = latents[i]
             elif mix is not None:
                 q_locs, alpha = mix
-                z = alpha * q_locs[i] + (1.0 - alpha) * p_loc if alpha != 1.0 else q_locs[i]
+                a = alpha[i] if isinstance(alpha, (list, tuple)) else alpha
+                z = a * q_locs[i] + (1.0 - a) * p_loc if a != 1.0 else q_locs[i]
             else:
                 z = p_loc + t * torch.exp(p_logscale) * _randn(p_loc, generator) if t > 0 else p_loc
             stat["z"] = z
@@ -298,7 +301,7 @@ class HVAE(nn.Module):
         return stats
 
     def counterfactual(self, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor, t: float = 0.0,
-                       alpha: float = 1.0, generator: torch.Generator | None = None,
+                       alpha: float | Sequence[float] = 1.0, generator: torch.Generator | None = None,
                        acts: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Differentiable counterfactual (abduction, action, prediction; REFERENCES section 2):
         ``x_cf = clamp(cf_loc + cf_scale * (x - loc) / scale, -1, 1)``, ``(B, 1, H, W)``.
@@ -307,7 +310,8 @@ class HVAE(nn.Module):
         gradient, so counterfactual fine-tuning (:mod:`cfcl.hvae.cf_finetune`) trains the encoder
         and the decoder through it. ``alpha < 1``: causal-gen's mixture abduction
         ``alpha * z + (1 - alpha) * prior mean under the decoding parents`` (both decodes, so the
-        null intervention stays exact). ``acts``: the encoder activations of ``x`` if already
+        null intervention stays exact; one ``alpha`` per latent group, coarse to fine, mixes each group
+        on its own). ``acts``: the encoder activations of ``x`` if already
         computed. Under ``torch.no_grad()`` this is :func:`cfcl.counterfactuals.counterfactual`.
         """
         acts = self.encoder(x) if acts is None else acts
