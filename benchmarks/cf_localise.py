@@ -9,7 +9,7 @@ measures it on the test split's stored HVAE counterfactuals against the exact on
 Dice), for every intervention, beside the HVAE as it is and x itself. A measurement, not a setting of the
 pipeline: pre-training uses the HVAE's counterfactuals unchanged.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile cpu
+    OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile cpu [--set KEY=VALUE ...]
 
 Needs the profile's test-split counterfactuals (``make hvae PROFILE=cpu``, or ``python -m
 cfcl.counterfactuals --profile cpu --splits test``). Writes ``benchmarks/results/cf_localise.md``.
@@ -41,11 +41,12 @@ def localise(x: np.ndarray, cf: np.ndarray, sigma: float, tau: float) -> np.ndar
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     ap.add_argument("--sigmas", type=float, nargs="*", default=[1.5, 3.0])
     ap.add_argument("--taus", type=float, nargs="*", default=[5.0, 10.0, 15.0, 20.0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_localise.md"))
     args = ap.parse_args(argv)
-    prof = get_profile(args.profile)
+    prof = get_profile(args.profile, args.overrides)
     data = load_split(prof, "test")
     if data.counterfactuals is None:
         raise SystemExit(f"data source {prof.data.source!r} has no exact counterfactuals: this needs the phantom")
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                 row(f"HVAE localised (sigma {sigma:g}, tau {tau:g})", k, view, kept)
     table = pd.DataFrame(rows)
     text = (f"# HVAE counterfactuals kept where their change is large ({args.profile} profile, test split)\n\n"
-            f"`OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile {args.profile}`\n\n"
+            f"`OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile {args.profile}"
+            + (f" --set {' '.join(args.overrides)}" if args.overrides else "") + "`\n\n"
             "`oracle_mae`: MAE to the exact counterfactual (grey levels), `add`/`remove`: the same on the healthy /"
             " effusion images, `changed_dice`: changed-region Dice against the exact change (threshold 25.5 grey"
             " levels), `kept`: share of the HVAE's changed pixels that the localised view still changes.\n\n"

@@ -3,7 +3,7 @@
 Three profiles share one structure and differ only in scale:
 
 - ``smoke``: CI, minutes; exercises every code path on tiny data.
-- ``cpu``: the default of ``make reproduce``; about 2.5 hours on 2 CPU cores (``figures/cpu/timings.csv``).
+- ``cpu``: the default of ``make reproduce``; about 2.6 hours on 2 CPU cores (``figures/cpu/timings.csv``).
 - ``paper``: the paper's scale (PadChest-sized data, 224 px, ResNet50), for a GPU.
 
 A notebook or entry point asks for ``get_profile(name, overrides, variant)``. Overrides use dotted
