@@ -226,3 +226,19 @@ def test_table2_test_reads_per_image_tables():
     assert row["DSC_low"] <= 75.0 <= row["DSC_high"] and row["DSC_low"] >= 60.0 and row["DSC_high"] <= 90.0
     assert row["DSC_paper"] == pytest.approx(92.76)
 
+
+
+def test_the_previous_cpu_hvae_stays_reachable_with_the_readme_settings():
+    """The `cpu` HVAE is wider with a slack (cf_capacity.md); the README's SET gives back the model before it:
+    the dataclass default with no slack, so the same run keys as the runs made when it was the default."""
+    from cfcl.config import HVAEConfig
+    from cfcl.hvae.cf_finetune import cf_finetune_run
+
+    now = get_profile("cpu")
+    assert now.hvae.widths == (24, 48, 96, 96) and now.hvae.cf_elbo_slack == 0.1
+    before = get_profile("cpu", "hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0")
+    assert before.hvae == HVAEConfig()
+    assert cf_finetune_run(before).key != cf_finetune_run(now).key
+    # the ELBO model does not depend on the fine-tuning's slack
+    assert cf_finetune_run(now).upstream["hvae"].key == cf_finetune_run(
+        get_profile("cpu", "hvae.cf_elbo_slack=0")).upstream["hvae"].key
