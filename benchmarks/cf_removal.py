@@ -46,8 +46,7 @@ def decode(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor, 
         h, _ = model.decode(cf_pa, latents=[s["z"] for s in model.abduct(x, pa)])
         return model.pixel_params(h)[0].clamp(-1, 1)
     n = len(model.blocks)
-    return model.counterfactual(x, pa, cf_pa, alpha=(0.0,) * prior_groups + (1.0,) * (n - prior_groups)
-                                if prior_groups else 1.0)
+    return model.counterfactual(x, pa, cf_pa, alpha=(0.0,) * prior_groups + (1.0,) * (n - prior_groups))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -280,7 +280,7 @@ PROFILES: dict[str, Profile] = {
     # The held-out test split has 1,000 images (250 per scanner x effusion cell): the claims issue's
     # power (14 test images per fold detect ~1.75 DSC points at best; see README "Variants").
     # The HVAE is wider than HVAEConfig's default (16, 32, 64, 64), and its counterfactual fine-tuning keeps
-    # the ELBO within 0.1 of the ELBO model's: the pair that passes every effectiveness gate of the
+    # the ELBO within 0.1 nats per pixel of the ELBO model's: the pair that passes every effectiveness gate of the
     # counterfactual-quality table (benchmarks/results/cf_capacity.md). The previous model is the variant
     # SET="hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0".
     "cpu": Profile(name="cpu", data=DataConfig(n_test=1000),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfcl.config import PROFILES, SettingError, get_profile, parse_overrides
+from cfcl.config import PROFILES, HVAEConfig, SettingError, get_profile, parse_overrides
 from cfcl.data.metadata import joint_distribution
 from cfcl.finetune import folds, soft_dice_loss
 from cfcl.models import CFCLNet, load_pretrained, transfer_prefixes
@@ -231,7 +231,6 @@ def test_table2_test_reads_per_image_tables():
 def test_the_previous_cpu_hvae_stays_reachable_with_the_readme_settings():
     """The `cpu` HVAE is wider with a slack (cf_capacity.md); the README's SET gives back the model before it:
     the dataclass default with no slack, so the same run keys as the runs made when it was the default."""
-    from cfcl.config import HVAEConfig
     from cfcl.hvae.cf_finetune import cf_finetune_run
 
     now = get_profile("cpu")
