@@ -111,6 +111,10 @@ class HVAEConfig:
     # the settings above (its runs, and the fine-tuned HVAE keyed by them, stay valid).
     judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage")
     judge_epochs: int = setting(40, lo=1, doc="the judge's epochs (of ceil(n_pretrain / batch_size) batches)")
+    judge_invariance: float = setting(0.0, lo=0.0, doc="> 0: the judge's batches are pairs (an image and another "
+                                      "version of the same anatomy: x or an exact counterfactual) and this weighs "
+                                      "the symmetric KL of the heads whose parent the pair shares (sex always); "
+                                      "measured at 1 and not adopted (benchmarks/results/hvae.md)")
     cf_batch_size: int = setting(64, lo=1, doc="images per batch when generating counterfactuals")
     # Counterfactual fine-tuning (cfcl.hvae.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen
     # train_cf.py): after the ELBO training, minimise the frozen predictors' cross-entropy on x_cf

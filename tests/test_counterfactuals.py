@@ -3,6 +3,8 @@ parent predictors (cfcl.counterfactuals, cfcl.classifiers): pure functions on ti
 (16 px), runs on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ import torch
 import cfcl.classifiers as clf
 import cfcl.counterfactuals as cfm
 import cfcl.hvae.model as hv
-from cfcl.config import INTERVENTIONS
+from cfcl.config import INTERVENTIONS, PARENTS
 from cfcl.data import ChestSplit, load_split
 from cfcl.hvae import load_hvae, train_hvae
 from cfcl.parents import intervene, parents_tensor, to_model_space
@@ -334,7 +336,7 @@ def test_classifier_metrics_and_training(tiny):
     judge = clf.train_classifiers(prof, progress=False, role="judge")
     assert judge.folder != run.folder and judge.folder.name.startswith("judge-")
     assert clf.classifier_run(prof).key == run.key  # the teacher's key did not move
-    for change in ({"hvae.judge_width": 8}, {"hvae.judge_epochs": 2}):
+    for change in ({"hvae.judge_width": 8}, {"hvae.judge_epochs": 2}, {"hvae.judge_invariance": 0.5}):
         assert clf.classifier_run(tiny(change), "judge").key != judge.key, change  # the judge's own settings
         assert clf.classifier_run(tiny(change)).key == run.key, change  # never the teacher's
         assert hvae_run(tiny(change)).key == hvae_run(prof).key, change  # nor the HVAE's
@@ -398,3 +400,61 @@ def test_evaluate_table(tiny):
     path.write_text(path.read_text().replace("hvae", "hvaX", 1))
     with pytest.raises(ArtifactError, match=str(path)):
         cfm.evaluate(prof, "test", progress=False)
+
+
+def test_sibling_indices_point_at_another_version_of_the_same_image():
+    rng = np.random.default_rng(0)
+    n, versions = 7, 4
+    anchors = rng.integers(0, n * versions, size=4000)
+    sib = clf.sibling_indices(anchors, n, versions, rng)
+    assert (sib % n == anchors % n).all()  # the same image
+    assert (sib // n != anchors // n).all() and ((sib >= 0) & (sib < n * versions)).all()  # another version
+    for v in range(versions):  # uniform over the other three
+        others = np.bincount(sib[anchors // n == v] // n, minlength=versions)
+        assert others[v] == 0 and np.allclose(others[np.arange(versions) != v] / others.sum(), 1 / 3, atol=0.04)
+
+
+def test_invariance_loss_is_the_symmetric_kl_of_the_shared_heads():
+    a = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float64)
+    b = torch.tensor([[-1.0, -1.0, 4.0], [0.3, -3.0, -2.5]], dtype=torch.float64)
+    shared = torch.tensor([[True, False, True], [True, True, False]])
+
+    def kl(p, q):  # KL between Bernoullis, written out
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    sig = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    want = [kl(sig(a[i, j]), sig(b[i, j])) + kl(sig(b[i, j]), sig(a[i, j]))
+            for i in range(2) for j in range(3) if shared[i, j]]
+    got = clf.invariance_loss(a, b, shared)
+    assert abs(float(got) - sum(want) / len(want)) < 1e-12
+    assert float(clf.invariance_loss(a, a, shared)) == 0.0
+    assert float(clf.invariance_loss(a, b, torch.zeros(2, 3, dtype=torch.bool))) == 0.0
+    a.requires_grad_(True)
+    clf.invariance_loss(a, b, shared).backward()
+    assert (a.grad[~shared] == 0).all() and (a.grad[shared] != 0).all()  # the other heads are left free
+
+
+def test_the_judge_reads_pairs_of_one_anatomy_and_ties_the_parents_they_share(tiny, monkeypatch):
+    seen = []
+    real = clf.invariance_loss
+
+    def spy(la, lb, shared):
+        seen.append(shared.clone())
+        return real(la, lb, shared)
+
+    monkeypatch.setattr(clf, "invariance_loss", spy)
+    clf.train_classifiers(tiny({"hvae.judge_epochs": 2, "hvae.judge_invariance": 1.0}), progress=False, role="judge")
+    assert seen, "the judge never paired its images"
+    shared = torch.cat(seen)
+    sex, scanner, effusion = (PARENTS.index(p) for p in ("sex", "scanner", "effusion"))
+    assert shared[:, sex].all()  # another version of one anatomy keeps the sex
+    # ... and differs in scanner or effusion (one of three interventions); the photometric half leaves the
+    # scanner untied
+    assert (~shared[:, scanner] | ~shared[:, effusion]).all()
+    assert shared[:, effusion].any() and shared[:, scanner].any()
+    seen.clear()
+    unpaired = tiny({"hvae.judge_epochs": 2})  # the default: no pairs, and the key of the judge before the setting
+    assert "invariance" not in clf.classifier_run(unpaired, "judge").settings
+    clf.train_classifiers(unpaired, progress=False, role="judge")
+    clf.train_classifiers(tiny(), progress=False)  # the teacher: never paired
+    assert not seen
