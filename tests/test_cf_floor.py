@@ -41,3 +41,33 @@ def test_floor_rows_keeps_draws_within_tolerance():
     prior = floor.floor_rows(x, exact, renders, errors, tol=np.inf)["Bayes"]
     assert prior["images_kept"] == 1.0 and prior["draws_kept"] == 3.0
     assert prior["oracle_mae"] == pytest.approx(0.0)  # the median of 90, 100, 120 is exact
+
+
+def test_noise_abduction_forms_decode_the_same_latents():
+    """benchmarks/cf_noise_abduction.py: its `scaled` form is the pipeline's counterfactual, `additive` carries
+    the residual over unscaled, and the null intervention returns x under both."""
+    import torch
+
+    import cf_noise_abduction as noise
+    import cfcl.hvae.model as hv
+    from cfcl.parents import intervene
+
+    torch.manual_seed(0)
+    model = hv.HVAE(16, widths=[8, 8], z_dims=[2, 2], stem_stride=2).eval()
+    with torch.no_grad():  # a decoder that visibly depends on the parents
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(3, 1, 16, 16) * 1.6 - 0.8
+    pa = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    cf_pa = intervene(pa, "effusion")
+    out = noise.decodings(model, x, pa, cf_pa)
+    assert set(out) == set(noise.FORMS)
+    with torch.no_grad():
+        want = model.counterfactual(x, pa, cf_pa)
+    assert torch.allclose(out["scaled"], want, atol=1e-6)
+    assert not torch.allclose(out["additive"], out["scaled"], atol=1e-3)  # the scale ratio is not 1 here
+    delta = out["mean"] - out["factual mean"]  # additive = x + (cf_loc - loc), where nothing is clamped
+    inside = (out["mean"].abs() < 1) & (out["factual mean"].abs() < 1) & (out["additive"].abs() < 1)
+    assert torch.allclose(out["additive"][inside], (x + delta)[inside], atol=1e-5)
+    null = noise.decodings(model, x, pa, pa)
+    assert torch.allclose(null["scaled"], x, atol=1e-5) and torch.allclose(null["additive"], x, atol=1e-6)
