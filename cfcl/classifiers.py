@@ -30,10 +30,10 @@ counterfactuals, at random), and the loss adds the symmetric KL between the two 
 whose parent the pair shares (sex always; :func:`invariance_loss`). It was meant to let the stick measure
 "sex kept" (the default judge reads a different sex on 9-13 % of the exact counterfactuals, so its
 ``sex_kept`` gate fails); at the ``cpu`` profile with weight 1 it did not (0.87 / 0.90 / 0.84) and it cost
-the effusion gate (0.892 on the exact do(effusion)), so it stays off (``benchmarks/results/hvae.md``). Where the source has no exact
-counterfactuals (real data) the judge is trained on the factual images only, with a seed of its own: still
-independent of the teacher, but as weak; effectiveness figures are then flagged as unvalidated by the
-stick gates.
+the effusion gate (0.892 on the exact do(effusion)), so it stays off (``benchmarks/results/hvae.md``).
+Where the source has no exact counterfactuals (real data) the judge is trained on the factual images only,
+with a seed of its own: still independent of the teacher, but as weak; effectiveness figures are then
+flagged as unvalidated by the stick gates.
 
 One run of the run layer (:mod:`cfcl.runs`) per role: ``runs/<profile>/classifiers/<parents|judge>-<key>/
 classifiers.pt``, resumable per epoch.
