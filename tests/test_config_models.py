@@ -229,15 +229,19 @@ def test_table2_test_reads_per_image_tables():
 
 
 def test_the_previous_cpu_hvae_stays_reachable_with_the_readme_settings():
-    """The `cpu` HVAE is wider with a slack (cf_capacity.md); the README's SET gives back the model before it:
-    the dataclass default with no slack, so the same run keys as the runs made when it was the default."""
-    from cfcl.hvae.cf_finetune import cf_finetune_run
+    """The `cpu` HVAE is wider with a slack (cf_capacity.md) and a cycle term (hvae.md); the README's SET gives
+    back the models before them: the dataclass default with no slack and no cycle, so the same run keys as the
+    runs made when it was the default (a cycle weight of 0 keys nothing)."""
+    from cfcl.hvae.cf_finetune import cf_finetune_run, cf_settings
 
     now = get_profile("cpu")
-    assert now.hvae.widths == (24, 48, 96, 96) and now.hvae.cf_elbo_slack == 0.1
-    before = get_profile("cpu", "hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0")
+    assert now.hvae.widths == (24, 48, 96, 96) and now.hvae.cf_elbo_slack == 0.1 and now.hvae.cf_cycle == 3.0
+    before = get_profile("cpu", "hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0 hvae.cf_cycle=0")
     assert before.hvae == HVAEConfig()
     assert cf_finetune_run(before).key != cf_finetune_run(now).key
+    no_cycle = get_profile("cpu", "hvae.cf_cycle=0")
+    assert cf_finetune_run(no_cycle).key != cf_finetune_run(now).key and "cf_cycle" not in cf_settings(no_cycle)["cf"]
+    assert cf_finetune_run(no_cycle).upstream["hvae"].key == cf_finetune_run(now).upstream["hvae"].key
     # the ELBO model does not depend on the fine-tuning's slack
     assert cf_finetune_run(now).upstream["hvae"].key == cf_finetune_run(
         get_profile("cpu", "hvae.cf_elbo_slack=0")).upstream["hvae"].key

@@ -252,6 +252,47 @@ def test_minimality_plain_and_sparse():
     torch.testing.assert_close(cft.minimality(small, s), cft.minimality(small), rtol=3e-3, atol=0)
 
 
+def _parent_dependent(seed: int = 0):
+    """:func:`_cf_setup` after a few fine-tuning steps: at initialisation the parents barely move the
+    decoder (its counterfactuals come back to x to 1e-4); the steps make them matter."""
+    model, ema, predictor, x, pa, cf_pa = _cf_setup(seed)
+    _steps(model, ema, predictor, x, pa, cf_pa, eps=1e6, n=8, lr=5e-3)
+    return model, ema, predictor, x, pa, cf_pa
+
+
+def test_cycle_error_is_the_reversibility_of_the_counterfactual():
+    import cfcl.counterfactuals as cfm
+
+    model, _, _, x, pa, cf_pa = _parent_dependent()
+    with torch.no_grad():  # the null intervention of x is x: no cycle error
+        assert cft.cycle_error(model, x, x, pa, pa).abs().max() < 1e-5
+    x_cf = model.counterfactual(x, pa, cf_pa)
+    err = cft.cycle_error(model, x, x_cf, pa, cf_pa)
+    assert err.shape == (len(x),) and (err > 1e-4).all()  # the counterfactual does not come back exactly
+    with torch.no_grad():  # the same as generating the counterfactual and its way back
+        back = cfm.counterfactual(model, x_cf.detach(), cf_pa, pa)
+    torch.testing.assert_close(err.detach(), (back - x).abs().mean(dim=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    model.zero_grad()
+    err.sum().backward()  # it trains the encoder through both abductions
+    assert model.encoder.stem.weight.grad.abs().sum() > 0
+
+
+def test_cf_step_cycle_term_is_logged_and_lowered():
+    model, ema, predictor, x, pa, cf_pa = _parent_dependent()
+    ends = {}
+    for cycle in (0.0, 100.0):  # the same state, the same steps, with and without the cycle term
+        m, e = copy.deepcopy(model), copy.deepcopy(ema)
+        lmbda = torch.nn.Parameter(torch.zeros(1))
+        opt, lag = cft.make_optimizers(m, lmbda, 5e-3, 0.1)
+        out = [cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
+                           grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, cycle=cycle,
+                           generator=torch.Generator().manual_seed(i)) for i in range(6)]
+        assert (out[0]["cycle"] > 0) == (cycle > 0)  # logged where it is trained
+        with torch.no_grad():
+            ends[cycle] = float(cft.cycle_error(m, x, m.counterfactual(x, pa, cf_pa), pa, cf_pa).mean())
+    assert ends[100.0] < 0.5 * ends[0.0]
+
+
 def test_mixture_weights_per_latent_group():
     model, _, _, x, pa, cf_pa = _cf_setup()
     n = len(model.blocks)
@@ -373,6 +414,10 @@ def test_cf_finetune_keys(tiny):
     # the sparse minimality keys its own run; left at 0 (plain L1) it keys nothing, so older runs stay valid
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_l1_scale": 0.04})).key != run.key
     assert "cf_l1_scale" not in cft.cf_settings(prof)["cf"]
+    # the same for the cycle term (on at the smoke profile): its weight keys the run, 0 keys nothing
+    assert prof.hvae.cf_cycle == 3.0 and cft.cf_settings(prof)["cf"]["cf_cycle"] == 3.0
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_cycle": 1.0})).key != run.key
+    assert "cf_cycle" not in cft.cf_settings(_cf_profile(tiny, **{"hvae.cf_cycle": 0.0}))["cf"]
     assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
     off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
     assert cft.counterfactual_model_run(off).key == hvae_run(prof).key

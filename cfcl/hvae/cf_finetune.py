@@ -20,7 +20,10 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
    predictors read ``x_cf`` through a random warp, as in their training, so the HVAE cannot satisfy
    them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
    ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change; with
-   ``hvae.cf_l1_scale = s > 0`` the sparse ``s log(1 + |x_cf - x| / s)`` instead), under the constraint
+   ``hvae.cf_l1_scale = s > 0`` the sparse ``s log(1 + |x_cf - x| / s)`` instead), and ``hvae.cf_cycle``
+   times the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` back to the factual parents
+   (:func:`cycle_error`: reversibility, trained; not in causal-gen, which measures it only; on at the
+   ``cpu`` and ``smoke`` profiles, off at ``paper``, the anchors'), under the constraint
    that the negative ELBO of the factual batch stays at ``eps`` = the ELBO model's loss on the
    training split (weighted as the batches are) + ``hvae.cf_elbo_slack``:
 
@@ -72,8 +75,8 @@ CHECKPOINT_NAME = "hvae_cf.pt"
 EPS_IMAGES = 2048
 #: ``FLIPS[k, j] = 1`` where intervention ``INTERVENTIONS[k]`` flips parent ``PARENTS[j]``.
 FLIPS = torch.tensor([[float(p in INTERVENED_PARENTS[k]) for p in PARENTS] for k in INTERVENTIONS])
-LOG_COLUMNS = ("step", "loss", "aux", *(f"aux_{p}" for p in PARENTS), "elbo", "nll", "kl", "eps", "lambda",
-               "grad_norm", "skipped")
+LOG_COLUMNS = ("step", "loss", "aux", *(f"aux_{p}" for p in PARENTS), "cycle", "elbo", "nll", "kl", "eps",
+               "lambda", "grad_norm", "skipped")
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,8 +86,9 @@ def cf_settings(profile: Profile) -> dict:
     """The settings the fine-tuning run reads (its key)."""
     hv = profile.hvae
     cf = {k: v for k, v in profile.section("hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
-    if not cf.get("cf_l1_scale"):  # the plain L1 (default): the keys of the runs made before the setting stay
-        cf.pop("cf_l1_scale", None)
+    for k in ("cf_l1_scale", "cf_cycle"):  # off (default): the keys of the runs made before the setting stay
+        if not cf.get(k):
+            cf.pop(k, None)
     return {"cf": cf, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
             "grad_skip": hv.grad_skip, "ema_rate": hv.ema_rate, "weight_decay": WEIGHT_DECAY,
             "abduction_t": 0.0, "eps_images": EPS_IMAGES, "seed": profile.seed}
@@ -191,7 +195,8 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
             lag_opt: torch.optim.Optimizer, lmbda: torch.Tensor, x: torch.Tensor, pa: torch.Tensor,
             cf_pa: torch.Tensor, eps: float, *, beta: float, damping: float, grad_clip: float,
             grad_skip: float, ema_rate: float, step: int | None = None, augment: bool = False,
-            keep: str = "label", l1: float = 0.0, l1_scale: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
+            keep: str = "label", l1: float = 0.0, l1_scale: float = 0.0, cycle: float = 0.0,
+            generator: torch.Generator | None = None) -> dict[str, float]:
     """One step of counterfactual fine-tuning (see the module docstring) on ``x (B, 1, H, W)`` in
     [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``. ``predictor`` is
     frozen (eval mode, no gradient to its weights). The targets of the intervened parents are their
@@ -200,6 +205,8 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     predictor reads, whatever its accuracy). ``l1``: weight of the mean ``|x_cf - x|`` over the images
     whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
     ``l1_scale = s > 0`` the term is the sparse ``s * log(1 + |x_cf - x| / s)`` instead (:func:`minimality`).
+    ``cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
+    under ``cf_pa``, with its gradient) back to ``pa`` (:func:`cycle_error`; reversibility, trained).
     ``lmbda`` is the ``(1,)`` multiplier that
     ``lag_opt`` maximises (clamped at 0). Skipped (no update of the HVAE, the multiplier or the
     EMA) when the HVAE's gradient norm is not finite or ``>= grad_skip``. With ``step`` the EMA rate
@@ -227,6 +234,10 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     if l1 > 0:  # minimality, where the intervention is local (the scanner changes every pixel)
         local = (cf_pa[:, PARENTS.index("scanner")] == pa[:, PARENTS.index("scanner")]).float()
         aux = aux + l1 * (minimality(x_cf - x, l1_scale) * local).mean()
+    back_err = torch.zeros((), device=x.device)
+    if cycle > 0:  # reversibility: x_cf taken back to the factual parents should be x
+        back_err = cycle_error(model, x, x_cf, pa, cf_pa).mean()
+        aux = aux + cycle * back_err
     gap = eps - out["loss"]
     loss = aux - (lmbda - damping * gap.detach()) * gap
     loss = loss.sum()
@@ -244,9 +255,17 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     res = dict(loss=float(loss.detach()), aux=float(aux.detach()),
                **{f"aux_{p}": float(v) for p, v in zip(PARENTS, per_parent.detach())},
                elbo=float(out["loss"].detach()), nll=float(out["nll"].detach()), kl=float(out["kl"].detach()),
-               eps=float(eps), grad_norm=grad_norm, skipped=float(skipped))
+               eps=float(eps), grad_norm=grad_norm, skipped=float(skipped), cycle=float(back_err.detach()))
     res["lambda"] = float(lmbda.detach())
     return res
+
+
+def cycle_error(model: HVAE, x: torch.Tensor, x_cf: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor) -> torch.Tensor:
+    """Per-image ``(B,)`` mean ``|x_back - x|`` (in [-1, 1] units), ``x_back`` the counterfactual of
+    ``x_cf`` under ``cf_pa`` back to ``pa`` (:meth:`HVAE.counterfactual`, with its gradient): the
+    reversibility of notebook 02 (there in grey levels, on the generated views), as a training term."""
+    back = model.counterfactual(x_cf, cf_pa, pa, t=0.0)
+    return (back - x).abs().mean(dim=(1, 2, 3))
 
 
 def minimality(diff: torch.Tensor, scale: float = 0.0) -> torch.Tensor:
@@ -353,8 +372,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
                       eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
                       ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep, l1=hv.cf_l1,
-                      l1_scale=hv.cf_l1_scale,
-                      generator=gen)
+                      l1_scale=hv.cf_l1_scale, cycle=hv.cf_cycle, generator=gen)
         step += 1
         rows.append(dict(step=step, **{k: out[k] for k in LOG_COLUMNS if k != "step"}))
         bar.update(1)
