@@ -71,3 +71,19 @@ def test_noise_abduction_forms_decode_the_same_latents():
     assert torch.allclose(out["additive"][inside], (x + delta)[inside], atol=1e-5)
     null = noise.decodings(model, x, pa, pa)
     assert torch.allclose(null["scaled"], x, atol=1e-5) and torch.allclose(null["additive"], x, atol=1e-6)
+
+
+def test_lung_masks_dilate_the_lungs_or_their_hull():
+    import cf_lung_region as region
+
+    s = np.zeros((1, 9, 9), np.uint8)
+    s[0, 2:7, 1:3] = 1  # right lung
+    s[0, 2:7, 6:8] = 2  # left lung, a gap of three columns between them
+    lungs = region.lung_masks(s, 0, hull=False)
+    assert lungs.dtype == bool and lungs.sum() == 20 and not lungs[0, 4, 4]
+    hull = region.lung_masks(s, 0, hull=True)
+    assert hull[0, 2:7, 1:8].all() and hull.sum() == 35  # the gap between the lungs is filled
+    grown = region.lung_masks(s, 1, hull=False)
+    # one 4-connected step: each 5 x 2 lung gains a row above and below (2 + 2) and a column each side (5 + 5)
+    assert grown[0, 1, 1] and grown[0, 4, 3] and not grown[0, 1, 0] and not grown[0, 4, 4] and grown.sum() == 2 * (10 + 14)
+    assert (region.lung_masks(np.zeros((1, 4, 4), np.uint8), 2, hull=True) == 0).all()  # no lungs: nothing
