@@ -161,8 +161,8 @@ ablations: | $(INSTALLED) ## The ablations (ABLATIONS="dose labels ..."; all by 
 # Two pytest workers (pytest-xdist) with one thread each, as for the notebooks: the tests are single-threaded
 # and independent (each has its own runs folder; each worker builds its own data cache).
 TEST_WORKERS ?= 2
-unit: | $(INSTALLED) ## Unit tests only
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
+unit: | $(INSTALLED) ## Unit tests only (the 15 slowest are listed: where the test time goes)
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --durations=15
 
 unit-fast: | $(INSTALLED) ## The fast unit tests (the inner loop)
 	$(PY) -m pytest tests -q -m "not slow" -n $(TEST_WORKERS)
