@@ -434,3 +434,26 @@ def test_cf_finetune_cli(tiny, capsys):
     clf.train_classifiers(prof, progress=False)
     main(["--profile", "smoke", "--set", *prof.overrides])
     assert cft.cf_finetune_run(prof).is_finished() and "counterfactual HVAE run" in capsys.readouterr().out
+
+
+def test_finetune_log_figure_shows_the_cycle_only_when_trained():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cfcl.config import PARENTS
+    from cfcl.plots.counterfactuals import plot_cf_finetune_log
+
+    log = pd.DataFrame([dict(step=i + 1, aux=1.0, **{f"aux_{p}": 0.3 for p in PARENTS}, cycle=0.0, elbo=3.9, nll=3.8,
+                             kl=0.03, eps=3.94, **{"lambda": 0.1}, grad_norm=1.0, skipped=0.0) for i in range(5)])
+    fig = plot_cf_finetune_log(log)
+    assert len(fig.axes) == 3  # no cycle term (weight 0): the three panels of before
+    plt.close(fig)
+    fig = plot_cf_finetune_log(log.drop(columns="cycle"))  # a log written before the column existed
+    assert len(fig.axes) == 3
+    plt.close(fig)
+    log["cycle"] = 0.02
+    fig = plot_cf_finetune_log(log)
+    assert len(fig.axes) == 4 and fig.axes[3].lines[0].get_ydata()[-1] == pytest.approx(127.5 * 0.02)
+    plt.close(fig)

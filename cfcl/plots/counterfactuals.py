@@ -103,9 +103,14 @@ def plot_counterfactual_grid(images: np.ndarray, parents: pd.DataFrame, cf: np.n
 def plot_cf_finetune_log(log: pd.DataFrame, window: int = 10) -> plt.Figure:
     """Counterfactual fine-tuning per step (running means over ``window`` steps): the predictors'
     cross-entropy on x_cf per parent and summed, the negative ELBO of the factual batch against its
-    constraint ``eps``, and the Lagrange multiplier."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    constraint ``eps``, and the Lagrange multiplier; with the cycle term (``hvae.cf_cycle``, a non-zero
+    ``cycle`` column) a fourth panel, the batch's reversibility error ``mean |x_back - x|`` in grey levels."""
+    cycle = "cycle" in log and bool((log["cycle"].fillna(0) > 0).any())
+    fig, axes = plt.subplots(1, 4 if cycle else 3, figsize=(16 if cycle else 12, 3))
     smooth = log.rolling(window, min_periods=1).mean()
+    if cycle:  # model space [-1, 1] to grey levels: x 127.5
+        axes[3].plot(log["step"], 127.5 * smooth["cycle"], "-")
+        axes[3].set_title("cycle: mean |x_back - x| (grey levels)", fontsize=9)
     axes[0].plot(log["step"], smooth["aux"], "k-", label="sum")
     for p in PARENTS:
         axes[0].plot(log["step"], smooth[f"aux_{p}"], "-", label=p, lw=1)
