@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             view = np.clip(np.rint(x + soft * (cf.astype(np.float32) - x)), 0, 255).astype(np.uint8)
             row(f"HVAE in {'hull of ' if hull else ''}lungs + {r} px", view, mask)
     table = pd.DataFrame(rows)
-    text = (f"# do(effusion) confined to x's silver lung region ({args.profile} profile, test split, {len(x)} images)\n\n"
+    text = (f"# do(effusion) confined to x's silver lung region ({args.profile} profile, test split, "
+            f"{len(x)} images)\n\n"
             f"`OMP_NUM_THREADS=1 python benchmarks/cf_lung_region.py --profile {args.profile}"
             + (f" --set {' '.join(args.overrides)}" if args.overrides else "") + "`\n\n"
             "`mask_share`: share of the image the mask covers; `covers_add` / `covers_remove`: share of the exact"

@@ -289,9 +289,9 @@ PROFILES: dict[str, Profile] = {
     # The HVAE is wider than HVAEConfig's default (16, 32, 64, 64), and its counterfactual fine-tuning keeps
     # the ELBO within 0.1 nats per pixel of the ELBO model's: the pair that passes every effectiveness gate of the
     # counterfactual-quality table (benchmarks/results/cf_capacity.md). The previous model is the variant
-    # SET="hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0 hvae.cf_cycle=0". The cycle term (weight 3; not in the anchors) trains
-    # reversibility: do(both) comes back within 4 grey levels instead of 8, and every error to the exact
-    # counterfactual falls (benchmarks/results/hvae.md); without it: SET="hvae.cf_cycle=0".
+    # SET="hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0 hvae.cf_cycle=0". The cycle term (weight 3; not in
+    # the anchors) trains reversibility: do(both) comes back within 4 grey levels instead of 8, and every
+    # error to the exact counterfactual falls (benchmarks/results/hvae.md); without it: SET="hvae.cf_cycle=0".
     "cpu": Profile(name="cpu", data=DataConfig(n_test=1000),
                    hvae=HVAEConfig(widths=(24, 48, 96, 96), cf_elbo_slack=0.1, cf_cycle=3.0),
                    pretrain=PretrainConfig(pixels_per_view=256), finetune=FinetuneConfig(epochs=20)),

@@ -260,7 +260,8 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     return res
 
 
-def cycle_error(model: HVAE, x: torch.Tensor, x_cf: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor) -> torch.Tensor:
+def cycle_error(model: HVAE, x: torch.Tensor, x_cf: torch.Tensor, pa: torch.Tensor,
+                cf_pa: torch.Tensor) -> torch.Tensor:
     """Per-image ``(B,)`` mean ``|x_back - x|`` (in [-1, 1] units), ``x_back`` the counterfactual of
     ``x_cf`` under ``cf_pa`` back to ``pa`` (:meth:`HVAE.counterfactual`, with its gradient): the
     reversibility of notebook 02 (there in grey levels, on the generated views), as a training term."""
