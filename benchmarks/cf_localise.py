@@ -28,14 +28,19 @@ from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual
 from cfcl.data import load_split
 
 
-def localise(x: np.ndarray, cf: np.ndarray, sigma: float, tau: float) -> np.ndarray:
-    """uint8 ``x + m * (cf - x)`` for uint8 stacks ``(N, H, W)``: ``m`` is 1 where the change, smoothed
-    by a Gaussian of ``sigma`` pixels, exceeds ``tau`` grey levels, softened by a 1-pixel Gaussian."""
+def blend(x: np.ndarray, cf: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 ``x + m * (cf - x)`` for uint8 stacks ``(N, H, W)``: the change kept where ``mask (N, H, W)`` is
+    set, ``m`` the mask softened by a 1-pixel Gaussian."""
     xf = x.astype(np.float32)
-    d = cf.astype(np.float32) - xf
-    m = (ndi.gaussian_filter(np.abs(d), (0, sigma, sigma)) > tau).astype(np.float32)
-    m = ndi.gaussian_filter(m, (0, 1, 1))
-    return np.clip(np.rint(xf + m * d), 0, 255).astype(np.uint8)
+    m = ndi.gaussian_filter(mask.astype(np.float32), (0, 1, 1))
+    return np.clip(np.rint(xf + m * (cf.astype(np.float32) - xf)), 0, 255).astype(np.uint8)
+
+
+def localise(x: np.ndarray, cf: np.ndarray, sigma: float, tau: float) -> np.ndarray:
+    """:func:`blend` with the mask where the change, smoothed by a Gaussian of ``sigma`` pixels, exceeds
+    ``tau`` grey levels."""
+    d = np.abs(cf.astype(np.float32) - x.astype(np.float32))
+    return blend(x, cf, ndi.gaussian_filter(d, (0, sigma, sigma)) > tau)
 
 
 def main(argv: list[str] | None = None) -> None:

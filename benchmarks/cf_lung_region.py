@@ -3,11 +3,11 @@
 Most of the fine-tuned HVAE's excess error lies outside the region do(effusion) may change
 (`cf_noise_abduction.md`). On real data every image has a CheXmask silver lung mask, so a user might keep the
 HVAE's change only in x's lung region: ``x_loc = x + m * (x_cf - x)``, ``m`` the silver mask of x (or its
-convex hull) dilated by ``r`` pixels and softened by a 1-pixel Gaussian. This script measures, on the test
-split's stored counterfactuals and the phantom's exact ones: how much of the exact change each mask covers
-(adding fluid to healthy images, removing it from effusion images), and the judge's effectiveness, the MAE
-to the exact counterfactual and the changed-region Dice of the masked do(effusion), beside x and the HVAE as
-they are. A measurement, not a setting of the pipeline.
+convex hull) dilated by ``r`` pixels and softened by a 1-pixel Gaussian (``cf_localise.blend``). This script
+measures, on the test split's stored counterfactuals and the phantom's exact ones: how much of the exact
+change each mask covers (adding fluid to healthy images, removing it from effusion images), and the judge's
+effectiveness, the MAE to the exact counterfactual and the changed-region Dice of the masked do(effusion),
+beside x and the HVAE as they are. A measurement, not a setting of the pipeline.
 
     OMP_NUM_THREADS=1 python benchmarks/cf_lung_region.py --profile cpu [--set KEY=VALUE ...]
 
@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.ndimage as ndi
 from skimage.morphology import convex_hull_image
 
+from cf_localise import blend  # a benchmark script beside this one
 from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, PARENTS, get_profile
 from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual_run, mae
@@ -62,16 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     changed = np.abs(oracle.astype(np.float32) - x) > 25.5  # the changed region (changed_region_dice's threshold)
     rows = []
 
+    def covers(mask: np.ndarray | None, sel: np.ndarray) -> float:
+        """Share of the exact change of the images ``sel`` inside ``mask`` (nan without a mask)."""
+        return np.nan if mask is None else float(changed[sel][mask[sel]].sum() / max(changed[sel].sum(), 1))
+
     def row(name: str, view: np.ndarray, mask: np.ndarray | None) -> None:
         read = predict_parents(judge, view)[:, j] > 0.5
         effective = read == healthy  # the flipped value: fluid read on healthy images, none on the others
         err = mae(view, oracle)
-        cover = {}
-        if mask is not None:
-            for direction, sel in (("add", healthy), ("remove", ~healthy)):
-                cover[f"covers_{direction}"] = float(changed[sel][mask[sel]].sum() / max(changed[sel].sum(), 1))
-        rows.append(dict(view=name, mask_share=float(mask.mean()) if mask is not None else np.nan,
-                         covers_add=cover.get("covers_add", np.nan), covers_remove=cover.get("covers_remove", np.nan),
+        rows.append(dict(view=name, mask_share=np.nan if mask is None else float(mask.mean()),
+                         covers_add=covers(mask, healthy), covers_remove=covers(mask, ~healthy),
                          effectiveness=effective.mean(), eff_add=effective[healthy].mean(),
                          eff_remove=effective[~healthy].mean(), oracle_mae=err.mean(), mae_add=err[healthy].mean(),
                          mae_remove=err[~healthy].mean(), changed_dice=changed_region_dice(x, view, oracle).mean()))
@@ -81,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     for hull in (False, True):
         for r in args.radii:
             mask = lung_masks(silver, r, hull)
-            soft = ndi.gaussian_filter(mask.astype(np.float32), (0, 1, 1))
-            view = np.clip(np.rint(x + soft * (cf.astype(np.float32) - x)), 0, 255).astype(np.uint8)
-            row(f"HVAE in {'hull of ' if hull else ''}lungs + {r} px", view, mask)
+            row(f"HVAE in {'hull of ' if hull else ''}lungs + {r} px", blend(x, cf, mask), mask)
     table = pd.DataFrame(rows)
     text = (f"# do(effusion) confined to x's silver lung region ({args.profile} profile, test split, "
             f"{len(x)} images)\n\n"

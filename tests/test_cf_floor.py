@@ -87,3 +87,19 @@ def test_lung_masks_dilate_the_lungs_or_their_hull():
     # one 4-connected step: each 5 x 2 lung gains a row above and below (2 + 2) and a column each side (5 + 5)
     assert grown[0, 1, 1] and grown[0, 4, 3] and not grown[0, 1, 0] and not grown[0, 4, 4] and grown.sum() == 2 * (10 + 14)
     assert (region.lung_masks(np.zeros((1, 4, 4), np.uint8), 2, hull=True) == 0).all()  # no lungs: nothing
+
+
+def test_blend_keeps_the_change_inside_the_mask_only():
+    import cf_localise as loc
+
+    x = np.full((1, 21, 21), 100, np.uint8)
+    cf = np.full((1, 21, 21), 200, np.uint8)
+    mask = np.zeros((1, 21, 21), bool)
+    mask[0, 5:16, 5:16] = True
+    out = loc.blend(x, cf, mask)
+    # beyond the softening's reach (scipy truncates the 1-pixel Gaussian at 4 pixels): cf inside, x outside
+    assert out[0, 10, 10] == 200 and out[0, 0, 0] == 100
+    assert 100 < out[0, 10, 5] < 200 and 100 < out[0, 10, 4] < 200  # at the edge the two are mixed
+    assert (loc.blend(x, cf, np.zeros_like(mask)) == x).all()
+    # localise: the mask is where the smoothed change exceeds tau; a change of 100 everywhere passes tau 50 only
+    assert (loc.localise(x, cf, 1.5, 50.0) == cf).all() and (loc.localise(x, cf, 1.5, 150.0) == x).all()
