@@ -1,5 +1,6 @@
-"""The remove direction's floor (benchmarks/cf_floor_remove.py): what it redraws, what it keeps, and its
-averages, on hand-made arrays."""
+"""The do(effusion) diagnostics in benchmarks/: the remove direction's floor (cf_floor_remove.py: what it
+redraws, what it keeps, its averages), the decodings of cf_noise_abduction.py, the masks of cf_lung_region.py
+and cf_localise.py, and the breakdown of cf_stray_change.py, on hand-made arrays (and a tiny HVAE)."""
 from __future__ import annotations
 
 import sys
@@ -103,3 +104,39 @@ def test_blend_keeps_the_change_inside_the_mask_only():
     assert (loc.blend(x, cf, np.zeros_like(mask)) == x).all()
     # localise: the mask is where the smoothed change exceeds tau; a change of 100 everywhere passes tau 50 only
     assert (loc.localise(x, cf, 1.5, 50.0) == cf).all() and (loc.localise(x, cf, 1.5, 150.0) == x).all()
+
+
+def test_stray_splits_the_change_outside_the_region_by_place():
+    import cf_stray_change as st
+
+    x = np.full((2, 8, 8), 100, np.uint8)
+    exact = x.copy()
+    exact[0, 4:6, 1:3] = 150  # image 0: fluid on the left half only (unilateral)
+    exact[1, 4:6, 1:3] = 150  # image 1: both halves (bilateral)
+    exact[1, 4:6, 5:7] = 150
+    cf = exact.copy()
+    cf[0, 4:6, 1:3] = 140  # inside the region: not counted anywhere
+    cf[0, 3, 1] = 120  # outside, next to the region (near), on the fluid's half: +20
+    cf[0, 0, 6] = 90  # outside, far, on the other half: -10
+    out = st.stray(x, cf, exact, near=1, unilateral=0.9)
+    assert out["n"] == 2 and out["unilateral"] == 1
+    n_out = 64 - 4, 64 - 8
+    assert out["outside"] == pytest.approx(30 / (n_out[0] + n_out[1]))
+    assert out["signed"] == pytest.approx((10 / n_out[0] + 0) / 2)
+    # near: 1-pixel 4-connected ring around each 2 x 2 block: 8 pixels per block, 8 + 16 in all, one of them +20
+    assert out["near"] == pytest.approx(20 / 24)
+    assert out["far"] == pytest.approx(10 / (n_out[0] + n_out[1] - 24))
+    # x is flat: its darkest and brightest thirds are all of it
+    assert out["dark"] == out["bright"] == out["outside"]
+    # the fluid's half of image 0 holds 32 - 4 outside pixels, its other half 32; image 1 is in neither
+    assert out["same_half"] == pytest.approx(20 / 28) and out["other_half"] == pytest.approx(10 / 32)
+    # the thirds by intensity
+    x2 = x.copy()
+    x2[:, :4] = 10  # the top half dark: 64 dark pixels outside the region, 52 bright ones (100)
+    exact2 = np.where(exact != x, exact, x2).astype(np.uint8)
+    cf2 = exact2.copy()
+    cf2[:, 0] = 15  # +5 on the 16 pixels of the top rows, all dark
+    d = st.stray(x2, cf2, exact2, near=1)
+    assert d["dark"] == pytest.approx(80 / 64) and d["bright"] == 0 and d["outside"] == pytest.approx(80 / 116)
+    # no change at all: zeros; no region at all: the halves are undefined
+    assert st.stray(x, x, x)["outside"] == 0 and np.isnan(st.stray(x, x, x)["same_half"])

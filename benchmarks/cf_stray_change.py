@@ -1,0 +1,114 @@
+"""Where does the HVAE's do(effusion) change what the exact counterfactual keeps?
+
+About two thirds of the fine-tuned HVAE's do(effusion) error lie outside the region the exact counterfactual
+changes (`cf_noise_abduction.md`: 7.9 grey levels there, where the exact counterfactual equals x), and the decoder,
+not the pixel-noise abduction, makes it. This script asks where that change lies, on the test split's stored
+counterfactuals and the phantom's exact ones, for each model named by ``--models``:
+
+- ``signed``: the mean of ``x_cf - x`` outside the region (positive: brighter), per image, then averaged;
+- ``near`` / ``far``: the mean ``|x_cf - x|`` outside the region within ``--near`` pixels of it, and farther;
+- ``dark`` / ``bright``: the same on the darkest and the brightest third of x's pixels outside the region (the
+  lungs are dark, bone and soft tissue bright);
+- ``same_half`` / ``other_half``: on the images whose exact change lies in one half of the image (one lung:
+  unilateral fluid, at least ``--unilateral`` of the region's pixels on one side), the same outside the
+  region on the fluid's half and on the other half (the other lung).
+
+Adding fluid to a healthy image cannot know the fluid's side (`cf_floor.md`), so a change on the other lung
+is the price of not knowing; removing it can (the fluid is in x), so there it is the model's own error.
+A measurement, not a setting of the pipeline.
+
+    OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile cpu [--models "" "hvae.cf_cycle=0" ...]
+
+Each model is a string of overrides ("" the profile's own); its test-split counterfactuals are made if
+missing (``cfcl.counterfactuals.generate``, which verifies them otherwise). Writes
+``benchmarks/results/cf_stray_change.md``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage as ndi
+
+from cfcl.config import INTERVENTIONS, get_profile
+from cfcl.counterfactuals import generate
+from cfcl.data import load_split
+
+
+def stray(x: np.ndarray, cf: np.ndarray, exact: np.ndarray, near: int = 4, unilateral: float = 0.9) -> dict:
+    """The breakdown of the module docstring for uint8 ``x``, ``cf``, ``exact`` (N, H, W) of one direction.
+
+    The region is where ``exact != x``; an image without any region pixel counts in ``signed``, ``far`` and
+    nowhere else. The halves are the image's left and right column halves (an odd middle column is in
+    neither)."""
+    x, cf, exact = (np.asarray(a, np.float32) for a in (x, cf, exact))
+    region = exact != x
+    out = ~region
+    diff = cf - x
+    err = np.abs(diff)
+    close = np.stack([ndi.binary_dilation(r, iterations=near) if r.any() else r for r in region]) & out
+    w = x.shape[-1]
+    left = np.zeros(x.shape[1:], bool)
+    left[:, : w // 2] = True
+    right = np.zeros(x.shape[1:], bool)
+    right[:, (w + 1) // 2:] = True
+    n_region = region.sum(axis=(1, 2))
+    share_left = region[:, left].sum(axis=1) / np.maximum(n_region, 1)
+    share_right = region[:, right].sum(axis=1) / np.maximum(n_region, 1)
+    one_side = (n_region > 0) & ((share_left >= unilateral) | (share_right >= unilateral))
+    same = np.where((share_left >= unilateral)[:, None, None], left, right)
+    other = np.where((share_left >= unilateral)[:, None, None], right, left)
+    uni = one_side[:, None, None]
+
+    def mean(mask: np.ndarray) -> float:
+        return float(err[mask].mean()) if mask.any() else float("nan")
+
+    signed = [diff[i][out[i]].mean() for i in range(len(x)) if out[i].any()]
+    lo, hi = np.quantile(x[out], [1 / 3, 2 / 3]) if out.any() else (np.nan, np.nan)
+    return dict(n=len(x), unilateral=int(one_side.sum()), outside=mean(out),
+                signed=float(np.mean(signed)) if signed else float("nan"),
+                near=mean(close), far=mean(out & ~close), dark=mean(out & (x <= lo)), bright=mean(out & (x >= hi)),
+                same_half=mean(out & uni & same),
+                other_half=mean(out & uni & other))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--models", nargs="*", default=["", "hvae.cf_cycle=0"],
+                    help='each a string of overrides ("" the profile\'s own model)')
+    ap.add_argument("--near", type=int, default=4)
+    ap.add_argument("--unilateral", type=float, default=0.9)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_stray_change.md"))
+    args = ap.parse_args(argv)
+    k = INTERVENTIONS.index("effusion")
+    rows = []
+    for overrides in args.models:
+        prof = get_profile(args.profile, overrides.split())
+        data = load_split(prof, "test")
+        if data.counterfactuals is None:
+            raise SystemExit(f"data source {prof.data.source!r} has no exact counterfactuals: this needs the phantom")
+        x, exact = np.asarray(data.images), np.asarray(data.counterfactuals)[:, k]
+        cf = generate(prof, "test", progress=False)[:, k]
+        healthy = data.parents["effusion"].to_numpy() == 0
+        for direction, sel in (("add", healthy), ("remove", ~healthy)):
+            rows.append(dict(model=overrides or "(profile's own)", direction=direction,
+                             **stray(x[sel], cf[sel], exact[sel], args.near, args.unilateral)))
+    table = pd.DataFrame(rows)
+    text = (f"# Where the HVAE's do(effusion) changes what it should keep ({args.profile} profile, test split)\n\n"
+            f"`OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile {args.profile} --models "
+            + " ".join(f'"{m}"' for m in args.models) + "`\n\n"
+            "Outside the region the exact counterfactual changes (where it equals x), in grey levels: `outside` the"
+            " mean |x_cf - x|, `signed` the mean x_cf - x, `near` within"
+            f" {args.near} px of the region and `far` beyond, `dark` / `bright` on the darkest / brightest third of"
+            " x's pixels there; on the `unilateral` images (at least"
+            f" {args.unilateral:.0%} of the region in one half), `same_half` on the fluid's side and `other_half`"
+            " on the other lung's.\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
