@@ -15,7 +15,11 @@ counterfactuals and the phantom's exact ones, for each model named by ``--models
 
 Adding fluid to a healthy image cannot know the fluid's side (`cf_floor.md`), so a change on the other lung
 is the price of not knowing; removing it can (the fluid is in x), so there it is the model's own error.
-A measurement, not a setting of the pipeline.
+
+A second table asks what each part of the change does to the readers of effusion: the share of images whose
+effusion reading flips (the intervention's effectiveness) under the judge and the teacher, for the whole
+counterfactual, for its change inside the region alone (x elsewhere) and for its change outside alone (x in
+the region). A measurement, not a setting of the pipeline.
 
     OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile cpu [--models "" "hvae.cf_cycle=0" ...]
 
@@ -32,7 +36,8 @@ import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
 
-from cfcl.config import INTERVENTIONS, get_profile
+from cfcl.classifiers import load_classifiers, predict_parents
+from cfcl.config import INTERVENTIONS, PARENTS, get_profile
 from cfcl.counterfactuals import generate
 from cfcl.data import load_split
 
@@ -74,6 +79,14 @@ def stray(x: np.ndarray, cf: np.ndarray, exact: np.ndarray, near: int = 4, unila
                 other_half=mean(out & uni & other))
 
 
+def parts(x: np.ndarray, cf: np.ndarray, exact: np.ndarray) -> dict[str, np.ndarray]:
+    """The counterfactual ``cf`` split by the region where ``exact != x`` (uint8 (N, H, W) each): ``whole``
+    (cf), ``inside only`` (cf in the region, x elsewhere) and ``outside only`` (x in the region, cf
+    elsewhere)."""
+    region = exact != x
+    return {"whole": cf, "inside only": np.where(region, cf, x), "outside only": np.where(region, x, cf)}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
@@ -83,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unilateral", type=float, default=0.9)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_stray_change.md"))
     args = ap.parse_args(argv)
-    k = INTERVENTIONS.index("effusion")
-    rows = []
+    k, j = INTERVENTIONS.index("effusion"), PARENTS.index("effusion")
+    rows, reads = [], []
     for overrides in args.models:
         prof = get_profile(args.profile, overrides.split())
         data = load_split(prof, "test")
@@ -93,9 +106,15 @@ def main(argv: list[str] | None = None) -> None:
         x, exact = np.asarray(data.images), np.asarray(data.counterfactuals)[:, k]
         cf = generate(prof, "test", progress=False)[:, k]
         healthy = data.parents["effusion"].to_numpy() == 0
+        readers = {role: load_classifiers(prof, role=role) for role in ("judge", "teacher")}
         for direction, sel in (("add", healthy), ("remove", ~healthy)):
-            rows.append(dict(model=overrides or "(profile's own)", direction=direction,
+            name = overrides or "(profile's own)"
+            rows.append(dict(model=name, direction=direction,
                              **stray(x[sel], cf[sel], exact[sel], args.near, args.unilateral)))
+            for part, view in parts(x[sel], cf[sel], exact[sel]).items():
+                flipped = {role: float(((predict_parents(c, view)[:, j] > 0.5) == (direction == "add")).mean())
+                           for role, c in readers.items()}
+                reads.append(dict(model=name, direction=direction, part=part, **flipped))
     table = pd.DataFrame(rows)
     text = (f"# Where the HVAE's do(effusion) changes what it should keep ({args.profile} profile, test split)\n\n"
             f"`OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile {args.profile} --models "
@@ -105,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
             f" {args.near} px of the region and `far` beyond, `dark` / `bright` on the darkest / brightest third of"
             " x's pixels there; on the `unilateral` images (at least"
             f" {args.unilateral:.0%} of the region in one half), `same_half` on the fluid's side and `other_half`"
-            " on the other lung's.\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+            " on the other lung's.\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n\n"
+            "Share of the images whose effusion reading the counterfactual flips (judge, teacher), for the whole"
+            " change, its part inside the region alone and its part outside alone:\n\n"
+            + pd.DataFrame(reads).to_markdown(index=False, floatfmt=".3f") + "\n")
     Path(args.out).write_text(text)
     print(text)
 

@@ -140,3 +140,9 @@ def test_stray_splits_the_change_outside_the_region_by_place():
     assert d["dark"] == pytest.approx(80 / 64) and d["bright"] == 0 and d["outside"] == pytest.approx(80 / 116)
     # no change at all: zeros; no region at all: the halves are undefined
     assert st.stray(x, x, x)["outside"] == 0 and np.isnan(st.stray(x, x, x)["same_half"])
+    # the parts of the change: inside the region only, outside only; together they make the whole
+    p = st.parts(x, cf, exact)
+    assert (p["whole"] == cf).all()
+    assert p["inside only"][0, 4, 1] == 140 and p["inside only"][0, 3, 1] == 100 and p["inside only"][0, 0, 6] == 100
+    assert p["outside only"][0, 4, 1] == 100 and p["outside only"][0, 3, 1] == 120 and p["outside only"][0, 0, 6] == 90
+    assert ((p["inside only"].astype(int) + p["outside only"] - x) == cf).all()
