@@ -45,9 +45,9 @@ from cfcl.data import load_split
 def stray(x: np.ndarray, cf: np.ndarray, exact: np.ndarray, near: int = 4, unilateral: float = 0.9) -> dict:
     """The breakdown of the module docstring for uint8 ``x``, ``cf``, ``exact`` (N, H, W) of one direction.
 
-    The region is where ``exact != x``; an image without any region pixel counts in ``signed``, ``far`` and
-    nowhere else. The halves are the image's left and right column halves (an odd middle column is in
-    neither)."""
+    The region is where ``exact != x``; an image without any region pixel counts everywhere but in ``near``
+    and the halves. The halves are the image's left and right column halves (an odd middle column is in
+    neither); the thirds are those of x's intensities over all the images' pixels outside the region."""
     x, cf, exact = (np.asarray(a, np.float32) for a in (x, cf, exact))
     region = exact != x
     out = ~region
