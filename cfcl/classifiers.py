@@ -93,6 +93,22 @@ def augment_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Te
     return x, pho
 
 
+#: Share of each batch that gets the smooth intensity field (:func:`smooth_field`) with ``hvae.classifier_field``.
+FIELD_SHARE = 0.5
+#: The field's control grid (``FIELD_GRID`` x ``FIELD_GRID`` offsets, upsampled to the image).
+FIELD_GRID = 4
+
+
+def smooth_field(x: torch.Tensor, sd: float, generator: torch.Generator) -> torch.Tensor:
+    """``x (B, 1, H, W)`` in [-1, 1] plus a smooth random intensity field per image: a
+    :data:`FIELD_GRID` x :data:`FIELD_GRID` grid of N(0, ``sd``) offsets in [0, 1] intensity, upsampled
+    bicubically (align_corners) to the image, clamped back to [-1, 1]. Lung-wide opacities of either sign,
+    with no edge: the teacher trained with them cannot read effusion from such a change alone."""
+    grid = torch.randn(x.shape[0], 1, FIELD_GRID, FIELD_GRID, generator=generator) * sd
+    field = F.interpolate(grid.to(x.device, x.dtype), size=x.shape[-2:], mode="bicubic", align_corners=True)
+    return (x + 2.0 * field).clamp(-1.0, 1.0)
+
+
 def cell_batches(cells: np.ndarray, batch_size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``n_batches`` index batches with the same number of images from every cell (group label
     per image; the remainder of ``batch_size`` goes to the cells drawn least so far, ties at random,
@@ -185,6 +201,8 @@ def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) ->
                     photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
                                  else None),
                     image_size=profile.data.image_size, seed=profile.seed)
+    if not judge and hv.classifier_field > 0:  # 0 keeps the key of the teacher before the setting
+        settings.update(field=dict(sd=float(hv.classifier_field), share=FIELD_SHARE, grid=FIELD_GRID))
     if judge:  # the teacher's settings are unchanged (its runs stay valid)
         settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
         if hv.judge_invariance > 0:  # 0 keeps the key of the judge before the term
@@ -217,7 +235,9 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
     each balanced over the scanner x effusion cells (:func:`cell_batches`), augmented as
     ``hvae.classifier_augment`` says: ``"geometry"`` (:func:`augment`), ``"views"``
     (:func:`augment_views`: the geometry, plus the views' photometric augmentation on half of each
-    batch, whose scanner labels are left out) or ``"none"``. A finished run is verified and returned; an
+    batch, whose scanner labels are left out) or ``"none"``; the teacher with ``hvae.classifier_field`` > 0
+    also gets :func:`smooth_field` on a random :data:`FIELD_SHARE` of each batch (all heads trained). A
+    finished run is verified and returned; an
     interrupted one resumes from ``last.pt`` (after every epoch).
     """
     run = classifier_run(profile, role, lr)
@@ -265,6 +285,11 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
                 elif settings["augment"] == "views":
                     x, pho = augment_views(x, gen)
                     weight[pho.to(device), PARENTS.index("scanner")] = 0.0
+                if "field" in settings:
+                    on = (torch.rand(len(idx), generator=gen) < settings["field"]["share"]).to(device)
+                    if bool(on.any()):
+                        x = x.clone()
+                        x[on] = smooth_field(x[on], settings["field"]["sd"], gen)
                 logits = model(x)
                 loss = (F.binary_cross_entropy_with_logits(logits, pa[idx], reduction="none") * weight).sum(0)
                 loss = (loss / weight.sum(0).clamp(min=1)).mean()  # mean per head, then over heads

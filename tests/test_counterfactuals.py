@@ -458,3 +458,39 @@ def test_the_judge_reads_pairs_of_one_anatomy_and_ties_the_parents_they_share(ti
     clf.train_classifiers(unpaired, progress=False, role="judge")
     clf.train_classifiers(tiny(), progress=False)  # the teacher: never paired
     assert not seen
+
+
+def test_smooth_field_is_a_smooth_seeded_offset():
+    x = torch.zeros(3, 1, 32, 32)
+    a = clf.smooth_field(x, 0.05, torch.Generator().manual_seed(1))
+    b = clf.smooth_field(x, 0.05, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)  # the same seed, the same field
+    assert not torch.equal(a[0], a[1])  # one field per image
+    amplitude = float(a.abs().mean())
+    assert 0.02 < amplitude < 0.2  # offsets of sd 0.05 in [0, 1] intensity: about 0.08 in [-1, 1]
+    step = float((a[..., 1:, :] - a[..., :-1, :]).abs().max())
+    assert step < amplitude / 2  # smooth: no edge from one pixel to the next
+    assert torch.equal(clf.smooth_field(x, 0.0, torch.Generator().manual_seed(1)), x)
+    assert float(clf.smooth_field(torch.ones(1, 1, 8, 8), 1.0, torch.Generator().manual_seed(0)).max()) <= 1.0
+
+
+def test_the_teacher_alone_learns_with_the_field(tiny, monkeypatch):
+    calls = []
+    real = clf.smooth_field
+
+    def spy(x, sd, generator):
+        calls.append((len(x), sd))
+        return real(x, sd, generator)
+
+    monkeypatch.setattr(clf, "smooth_field", spy)
+    prof = tiny({"hvae.classifier_field": 0.05})
+    assert clf.classifier_run(prof).settings["field"]["sd"] == 0.05
+    # the judge's key and the teacher's key without the field are those before the setting
+    assert "field" not in clf.classifier_run(prof, "judge").settings and "field" not in clf.classifier_run(tiny()).settings
+    assert clf.classifier_run(tiny()).key == clf.classifier_run(tiny({"hvae.classifier_field": 0.0})).key
+    clf.train_classifiers(prof, progress=False)
+    assert calls and all(sd == 0.05 for _, sd in calls)
+    n = sum(k for k, _ in calls)
+    calls.clear()
+    clf.train_classifiers(prof, progress=False, role="judge")
+    assert not calls and n > 0
