@@ -31,6 +31,10 @@ whose parent the pair shares (sex always; :func:`invariance_loss`). It was meant
 "sex kept" (the default judge reads a different sex on 9-13 % of the exact counterfactuals, so its
 ``sex_kept`` gate fails); at the ``cpu`` profile with weight 1 it did not (0.87 / 0.90 / 0.84) and it cost
 the effusion gate (0.892 on the exact do(effusion)), so it stays off (``benchmarks/results/hvae.md``).
+With ``hvae.classifier_field > 0`` (teacher only; default 0: off) half of each of the teacher's batches also
+gets a smooth random intensity field (:func:`smooth_field`), meant to stop the fine-tuning from being paid
+for a lung-wide opacity; at the ``cpu`` profile (0.05) the teacher still counted the opacity and do(scanner)
+and do(both) failed their gates, so it stays off (``benchmarks/results/hvae.md``).
 Where the source has no exact counterfactuals (real data) the judge is trained on the factual images only,
 with a seed of its own: still independent of the teacher, but as weak; effectiveness figures are then
 flagged as unvalidated by the stick gates.
