@@ -106,8 +106,9 @@ FIELD_GRID = 4
 def smooth_field(x: torch.Tensor, sd: float, generator: torch.Generator) -> torch.Tensor:
     """``x (B, 1, H, W)`` in [-1, 1] plus a smooth random intensity field per image: a
     :data:`FIELD_GRID` x :data:`FIELD_GRID` grid of N(0, ``sd``) offsets in [0, 1] intensity, upsampled
-    bicubically (align_corners) to the image, clamped back to [-1, 1]. Lung-wide opacities of either sign,
-    with no edge: the teacher trained with them cannot read effusion from such a change alone."""
+    bicubically (align_corners) to the image, clamped back to [-1, 1]: smooth opacities of either sign, with
+    no edge, meant to teach the teacher that such a change alone is no effusion (at the ``cpu`` profile it
+    still counted the HVAE's lung-shaped opacity: ``benchmarks/results/hvae.md``)."""
     grid = torch.randn(x.shape[0], 1, FIELD_GRID, FIELD_GRID, generator=generator) * sd
     field = F.interpolate(grid.to(x.device, x.dtype), size=x.shape[-2:], mode="bicubic", align_corners=True)
     return (x + 2.0 * field).clamp(-1.0, 1.0)

@@ -107,8 +107,9 @@ class HVAEConfig:
                                           "scanner label is left out (the scanner is photometric)")
     classifier_field: float = setting(0.0, lo=0.0, doc="teacher only; > 0: a smooth random intensity field "
                                       "(a 4 x 4 grid of N(0, this) offsets in [0, 1] intensity, upsampled "
-                                      "bicubically) is added to half of each training batch, so that a lung-wide "
-                                      "opacity is no evidence of effusion; 0 keeps the teacher's key")
+                                      "bicubically) is added to half of each training batch, meant to make a lung-wide "
+                                      "opacity no evidence of effusion (measured: it does not; off); 0 keeps "
+                                      "the teacher's key")
     # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
     # times the images (the exact counterfactuals too) and must pass the stick's gates
     # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps
