@@ -197,12 +197,26 @@ def changed_region_dice(x: np.ndarray, cf: np.ndarray, oracle: np.ndarray, thres
 
 #: Direction subsets reported beside the whole split: adding fluid (factual effusion 0) and removing it.
 DIRECTIONS = {"add": 0, "remove": 1}
+#: ``sex_kept_confident`` reads sex kept only on the images whose sex the judge reads on x with at least this
+#: probability (of either sex): where its reading of x is trusted. Not in the issue, which asks for sex kept on
+#: every image; the phantom's sex cues are subtle (the judge reads sex right on 0.915 of x), so the exact
+#: counterfactuals themselves flip the reading of about a tenth of the images and the stick cannot license
+#: ``sex_kept``; on the confidently read ones it can. Both are reported; neither replaces the other.
+SEX_CONFIDENCE = 0.95
+#: Columns averaged over a subset of the images (NaN elsewhere): the mean of the rest, NaN if none is left.
+SUBSET_METRICS = ("sex_kept_confident",)
+
+
+def _mean(metric: str, v: np.ndarray) -> float:
+    if metric in SUBSET_METRICS:
+        v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: list[np.ndarray],
                  null: np.ndarray | None, reverse: np.ndarray | None, oracle: np.ndarray | None,
                  method: str, threshold: float = 0.1, p_x: np.ndarray | None = None,
-                 probs_teacher: list[np.ndarray] | None = None) -> list[dict]:
+                 probs_teacher: list[np.ndarray] | None = None, sex_confidence: float = SEX_CONFIDENCE) -> list[dict]:
     """Quality rows of counterfactuals ``cf (N, 3, H, W)`` of ``x (N, H, W)``: one per intervention
     (``scanner``, ``effusion``, ``both``), then, for the interventions on effusion, one per direction
     (``effusion_add``, ``effusion_remove``, ``both_add``, ``both_remove``: the images without, resp.
@@ -216,7 +230,9 @@ def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: li
     Columns: ``effectiveness`` (share of images whose intervened parent(s) are all predicted
     at their counterfactual value), ``preservation`` (same for the other parents at their
     factual value), ``sex_kept`` (share whose predicted sex is the one predicted on x: the
-    untouched parent preserved, whatever the sex head's own accuracy), ``composition_mae`` and
+    untouched parent preserved, whatever the sex head's own accuracy), ``sex_confident`` (share of images
+    whose sex the predictor reads on x with probability ``>= sex_confidence``, either sex) and
+    ``sex_kept_confident`` (``sex_kept`` over those images alone: :data:`SEX_CONFIDENCE`), ``composition_mae`` and
     ``reversibility_mae`` (grey levels), and with an oracle ``oracle_mae``, ``oracle_psnr``,
     ``oracle_ssim``, ``changed_dice``. With ``probs_teacher`` (the same probabilities from the predictors
     that taught counterfactual fine-tuning), ``effectiveness_teacher``: the effectiveness as the teacher
@@ -240,20 +256,21 @@ def quality_rows(x: np.ndarray, parents: pd.DataFrame, cf: np.ndarray, probs: li
                 .astype(float)
         if p_x is not None:
             per["sex_kept"] = (pred[:, sex] == (p_x[:, sex] > 0.5)).astype(float)
+            sure = np.maximum(p_x[:, sex], 1 - p_x[:, sex]) >= sex_confidence
+            per["sex_confident"] = sure.astype(float)
+            per["sex_kept_confident"] = np.where(sure, per["sex_kept"], np.nan)
         per["composition_mae"] = comp
         per["reversibility_mae"] = mae(reverse[:, k] if reverse is not None else cf[:, k], x)
         if oracle is not None:
             per.update(oracle_mae=mae(cf[:, k], oracle[:, k]), oracle_psnr=psnr(cf[:, k], oracle[:, k]),
                        oracle_ssim=ssim(cf[:, k], oracle[:, k]),
                        changed_dice=changed_region_dice(x, cf[:, k], oracle[:, k], threshold))
-        rows.append(dict(method=method, intervention=name, n=len(x),
-                         **{m: float(v.mean()) if len(v) else float("nan") for m, v in per.items()}))
+        rows.append(dict(method=method, intervention=name, n=len(x), **{m: _mean(m, v) for m, v in per.items()}))
         if eff_col in idx:
             for direction, value in DIRECTIONS.items():
                 sel = pa[:, eff_col] == value
                 subsets.append(dict(method=method, intervention=f"{name}_{direction}", n=int(sel.sum()),
-                                    **{m: float(v[sel].mean()) if sel.any() else float("nan")
-                                       for m, v in per.items()}))
+                                    **{m: _mean(m, v[sel]) for m, v in per.items()}))
     return rows + subsets
 
 
@@ -278,7 +295,7 @@ def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, 
 
 QUALITY_NAME = "quality.csv"
 #: Bumped whenever :func:`quality_rows` changes what it measures, so no table of the old kind is read back.
-QUALITY_VERSION = 1
+QUALITY_VERSION = 2  # 2: sex_confident, sex_kept_confident
 
 
 def quality_run(profile: Profile, split: str = "test", threshold: float = 0.1, t: float = 0.0, alpha: float = 1.0,
@@ -296,7 +313,7 @@ def quality_run(profile: Profile, split: str = "test", threshold: float = 0.1, t
     if before:
         upstream["counterfactuals_elbo"] = counterfactual_run(elbo_only(profile), split, t, alpha)
     settings = {"split": split, "threshold": float(threshold), "t": float(t), "alpha": float(alpha),
-                "before": before, "version": QUALITY_VERSION}
+                "before": before, "sex_confidence": SEX_CONFIDENCE, "version": QUALITY_VERSION}
     return Run("cf_quality", f"{split}-alpha{alpha:g}", settings, runs_dir(profile.name), upstream,
                remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split} --evaluate --alpha {alpha:g}"
                       f"{'' if before else ' --no-before'}  (or: make hvae {profile.make_args()})")
@@ -363,10 +380,12 @@ def _evaluate(profile: Profile, split: str, threshold: float, progress: bool, t:
 # --------------------------------------------------------------------------------------------
 #: The stick: exact counterfactuals must read as counterfactual, x itself must not (issue 9); and, before
 #: a model's ``sex_kept`` is read, the exact counterfactuals must keep the predicted sex themselves (they never
-#: change it: a reading they flip is the stick's instability, not the model's).
+#: change it: a reading they flip is the stick's instability, not the model's); the same on the images whose sex
+#: the judge reads confidently (:data:`SEX_CONFIDENCE`) licenses ``sex_kept_confident``.
 STICK_GATES = ([("oracle", k, "effectiveness", ">=", 0.95) for k in INTERVENTIONS]
                + [("identity", k, "effectiveness", "<=", 0.10) for k in INTERVENTIONS]
-               + [("oracle", k, "sex_kept", ">=", 0.95) for k in INTERVENTIONS])
+               + [("oracle", k, "sex_kept", ">=", 0.95) for k in INTERVENTIONS]
+               + [("oracle", k, "sex_kept_confident", ">=", 0.95) for k in INTERVENTIONS])
 #: Acceptance of the HVAE's counterfactuals (``"x identity"``: relative to returning x).
 ACCEPTANCE = [
     ("effusion", "effectiveness", ">=", 0.85), ("effusion", "changed_dice", ">=", 0.60),
@@ -375,13 +394,14 @@ ACCEPTANCE = [
     ("both", "effectiveness", ">=", 0.80), ("both", "changed_dice", ">=", 0.50),
     ("both", "oracle_mae", "<= x identity", 0.70),
     *[(k, "sex_kept", ">=", 0.95) for k in INTERVENTIONS],
+    *[(k, "sex_kept_confident", ">=", 0.95) for k in INTERVENTIONS],
     ("scanner", "composition_mae", "<=", 1.0),
     *[(k, "reversibility_mae", "<=", 5.0) for k in INTERVENTIONS],
 ]
 #: Metrics read through the parent predictors -> the stick's gates (by metric) that must all pass before
 #: the metric is claimed.
 STICK_METRICS = {"effectiveness": ("effectiveness",), "preservation": ("effectiveness",),
-                 "sex_kept": ("sex_kept",)}
+                 "sex_kept": ("sex_kept",), "sex_kept_confident": ("sex_kept_confident",)}
 
 
 def _value(q: pd.DataFrame, method: str, intervention: str, metric: str) -> float:

@@ -247,6 +247,19 @@ def test_quality_rows_hand_made():
     assert df["sex_kept"].tolist() == [0.75, 0.75, 0.75, 0.5, 1.0, 0.5, 1.0]
     assert (df["composition_mae"] == 0).all() and (df["oracle_mae"] == 0).all()
     assert (df["changed_dice"] == 1).all()
+    # every sex reading of x is certain (0 or 1): the confident subset is the whole split
+    assert (df["sex_confident"] == 1).all() and df["sex_kept_confident"].tolist() == df["sex_kept"].tolist()
+    # image 1 read at 0.6 (unsure, left out), image 0 at exactly the confidence (kept in)
+    p_x[0, 0], p_x[1, 0] = cfm.SEX_CONFIDENCE, 0.6
+    df = pd.DataFrame(cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
+    assert df["sex_kept"].tolist() == [0.75, 0.75, 0.75, 0.5, 1.0, 0.5, 1.0]
+    assert df["sex_confident"].tolist() == [0.75, 0.75, 0.75, 1.0, 0.5, 1.0, 0.5]
+    np.testing.assert_allclose(df["sex_kept_confident"], [2 / 3, 2 / 3, 2 / 3, 0.5, 1.0, 0.5, 1.0])
+    # no confident image in the remove subset (images 1 and 3): NaN there, not 0
+    p_x[3, 0] = 0.5
+    df = pd.DataFrame(cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
+    assert np.isnan(df.loc["effusion_remove", "sex_kept_confident"]) and df.loc["effusion_remove", "sex_confident"] == 0
+    assert df.loc["effusion", "sex_kept_confident"] == 0.5 and df.loc["effusion_add", "sex_kept_confident"] == 0.5
 
 
 def test_cell_batches_balance_every_cell():
@@ -311,6 +324,29 @@ def test_gates():
     assert h.loc[("effusion", "effectiveness"), "passed"] is None and "cannot be checked" in h.loc[("effusion", "effectiveness"), "note"]
     assert h.loc[("effusion", "sex_kept"), "passed"] is None
     assert "effectiveness: cannot be checked (3 of its gates have inputs)" in cfm.stick_verdict(g)
+
+
+def test_gates_sex_kept_on_confident_images():
+    """The stick fails sex_kept on every image but passes it on the confidently read ones: the HVAE's
+    sex_kept_confident is then decided (here: passed for scanner, failed for effusion), sex_kept is not."""
+    rows = []
+    for k in INTERVENTIONS:
+        rows += [dict(method="oracle", intervention=k, effectiveness=0.97, sex_kept=0.90, sex_kept_confident=0.97),
+                 dict(method="identity", intervention=k, effectiveness=0.05, oracle_mae=10.0),
+                 dict(method="hvae", intervention=k, effectiveness=0.96, sex_kept=0.9,
+                      sex_kept_confident=0.99 if k == "scanner" else 0.93)]
+    g = cfm.gates(pd.DataFrame(rows))
+    s = g[g["gate"] == "stick"].set_index(["intervention", "metric"])
+    assert len(s) == 12 and not s.loc[("effusion", "sex_kept"), "passed"] and s.loc[("effusion", "sex_kept_confident"), "passed"]
+    h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
+    assert h.loc[("effusion", "sex_kept"), "passed"] is None
+    assert h.loc[("scanner", "sex_kept_confident"), "passed"] == True  # noqa: E712
+    assert h.loc[("effusion", "sex_kept_confident"), "passed"] == False  # noqa: E712
+    verdict = cfm.stick_verdict(g)
+    assert "sex_kept: FAILS oracle scanner 0.900" in verdict and "sex_kept_confident: passes its gates" in verdict
+    # an older table, without the column: its gates are left out, nothing is claimed on it
+    g = cfm.gates(pd.DataFrame(rows).drop(columns="sex_kept_confident"))
+    assert "sex_kept_confident" not in set(g["metric"])
 
 
 def test_classifier_metrics_and_training(tiny):
