@@ -19,9 +19,12 @@ is the price of not knowing; removing it can (the fluid is in x), so there it is
 A second table asks what each part of the change does to the readers of effusion: the share of images whose
 effusion reading flips (the intervention's effectiveness) under the judge and the teacher, for the whole
 counterfactual, for its change inside the region alone (x elsewhere) and for its change outside alone (x in
-the region). A measurement, not a setting of the pipeline.
+the region); ``--teachers`` adds the readings of other teachers (each named by its overrides, e.g.
+``"hvae.classifier_lse=1"``), the same parts of every model's change read by them. A measurement, not a
+setting of the pipeline.
 
     OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile cpu [--models "" "hvae.cf_cycle=0" ...]
+        [--teachers "hvae.classifier_lse=1" ...]
 
 Each model is a string of overrides ("" the profile's own); its test-split counterfactuals are made if
 missing (``cfcl.counterfactuals.generate``, which verifies them otherwise). Writes
@@ -92,12 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--models", nargs="*", default=["", "hvae.cf_cycle=0"],
                     help='each a string of overrides ("" the profile\'s own model)')
+    ap.add_argument("--teachers", nargs="*", default=[],
+                    help="other teachers (each a string of overrides) that also read the parts of the change")
     ap.add_argument("--near", type=int, default=4)
     ap.add_argument("--unilateral", type=float, default=0.9)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cf_stray_change.md"))
     args = ap.parse_args(argv)
     k, j = INTERVENTIONS.index("effusion"), PARENTS.index("effusion")
     rows, reads = [], []
+    others = {f"teacher {t}": load_classifiers(get_profile(args.profile, t.split())) for t in args.teachers}
     for overrides in args.models:
         prof = get_profile(args.profile, overrides.split())
         data = load_split(prof, "test")
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         x, exact = np.asarray(data.images), np.asarray(data.counterfactuals)[:, k]
         cf = generate(prof, "test", progress=False)[:, k]
         healthy = data.parents["effusion"].to_numpy() == 0
-        readers = {role: load_classifiers(prof, role=role) for role in ("judge", "teacher")}
+        readers = {role: load_classifiers(prof, role=role) for role in ("judge", "teacher")} | others
         for direction, sel in (("add", healthy), ("remove", ~healthy)):
             name = overrides or "(profile's own)"
             rows.append(dict(model=name, direction=direction,
@@ -118,15 +124,17 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows)
     text = (f"# Where the HVAE's do(effusion) changes what it should keep ({args.profile} profile, test split)\n\n"
             f"`OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile {args.profile} --models "
-            + " ".join(f'"{m}"' for m in args.models) + "`\n\n"
+            + " ".join(f'"{m}"' for m in args.models)
+            + (" --teachers " + " ".join(f'"{t}"' for t in args.teachers) if args.teachers else "") + "`\n\n"
             "Outside the region the exact counterfactual changes (where it equals x), in grey levels: `outside` the"
             " mean |x_cf - x|, `signed` the mean x_cf - x, `near` within"
             f" {args.near} px of the region and `far` beyond, `dark` / `bright` on the darkest / brightest third of"
             " x's pixels there; on the `unilateral` images (at least"
             f" {args.unilateral:.0%} of the region in one half), `same_half` on the fluid's side and `other_half`"
             " on the other lung's.\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n\n"
-            "Share of the images whose effusion reading the counterfactual flips (judge, teacher), for the whole"
-            " change, its part inside the region alone and its part outside alone:\n\n"
+            "Share of the images whose effusion reading the counterfactual flips (judge, teacher: the model's own;"
+            " `teacher <overrides>`: another teacher), for the whole change, its part inside the region alone and"
+            " its part outside alone:\n\n"
             + pd.DataFrame(reads).to_markdown(index=False, floatfmt=".3f") + "\n")
     Path(args.out).write_text(text)
     print(text)

@@ -35,6 +35,12 @@ With ``hvae.classifier_field > 0`` (teacher only; default 0: off) half of each o
 gets a smooth random intensity field (:func:`smooth_field`), meant to stop the fine-tuning from being paid
 for a lung-wide opacity; at the ``cpu`` profile (0.05) the teacher still counted the opacity and do(scanner)
 and do(both) failed their gates, so it stays off (``benchmarks/results/hvae.md``).
+With ``hvae.classifier_lse = r > 0`` (teacher only; default 0: off) the teacher's effusion logit pools the
+logits of every location by log-sum-exp (:class:`ParentClassifier`), meant to make fluid count where it
+is and not a little everywhere; at the ``cpu`` profile (r = 1) the teacher still read the lung-wide change as
+fluid, and do(scanner) and do(both) failed their gates, so it stays off (``benchmarks/results/hvae.md``).
+The sex the judge reads is trusted where it is confident: ``sex_kept_confident`` in
+:mod:`cfcl.counterfactuals` (the exact counterfactuals keep it there, so the stick can license it).
 Where the source has no exact counterfactuals (real data) the judge is trained on the factual images only,
 with a seed of its own: still independent of the teacher, but as weak; effectiveness figures are then
 flagged as unvalidated by the stick gates.
@@ -167,12 +173,19 @@ class ParentClassifier(nn.Module):
     """``(B, 1, H, W)`` in [-1, 1] -> ``(B, 3)`` logits for (sex, scanner, effusion).
 
     Four stride-2 conv-BN-ReLU stages (widths ``width * (1, 2, 4, 4)``), global average
-    pooling, one linear layer.
+    pooling, one linear layer. With ``effusion_lse = r > 0`` the effusion logit is instead the
+    log-sum-exp pooling of the linear layer's logits at every location of the last feature map,
+    ``(1/r) log mean_ij exp(r l_ij)`` (Wang et al., CVPR 2017, ChestX-ray8's weakly supervised
+    localisation): between the mean (r -> 0, the average pooling above) and the max (r -> inf), so the
+    reading, and the gradient it sends back, rests on the locations with the most evidence of fluid.
     """
 
-    def __init__(self, width: int = 16, n_outputs: int = len(PARENTS)):
+    def __init__(self, width: int = 16, n_outputs: int = len(PARENTS), effusion_lse: float = 0.0):
         super().__init__()
         self.config = dict(width=int(width), n_outputs=int(n_outputs))
+        self.effusion_lse = float(effusion_lse)
+        if self.effusion_lse > 0:  # 0 keeps the config (and the checkpoints) of the predictors before the option
+            self.config["effusion_lse"] = self.effusion_lse
         chans = [1, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(chans[:-1], chans[1:]):
@@ -183,7 +196,14 @@ class ParentClassifier(nn.Module):
         self.head = nn.Linear(chans[-1], n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        f = self.features(x)
+        if self.effusion_lse <= 0:
+            return self.head(F.adaptive_avg_pool2d(f, 1).flatten(1))
+        maps = self.head(f.flatten(2).transpose(1, 2))  # (B, locations, outputs): the head at every location
+        r, e = self.effusion_lse, PARENTS.index("effusion")
+        lse = (torch.logsumexp(r * maps[..., e], dim=1) - math.log(maps.shape[1])) / r
+        out = maps.mean(1)
+        return torch.cat([out[:, :e], lse[:, None], out[:, e + 1:]], 1)
 
 
 ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
@@ -208,6 +228,8 @@ def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) ->
                     image_size=profile.data.image_size, seed=profile.seed)
     if not judge and hv.classifier_field > 0:  # 0 keeps the key of the teacher before the setting
         settings.update(field=dict(sd=float(hv.classifier_field), share=FIELD_SHARE, grid=FIELD_GRID))
+    if not judge and hv.classifier_lse > 0:  # likewise
+        settings.update(effusion_lse=float(hv.classifier_lse))
     if judge:  # the teacher's settings are unchanged (its runs stay valid)
         settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
         if hv.judge_invariance > 0:  # 0 keeps the key of the judge before the term
@@ -256,7 +278,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
         seed = profile.seed + settings.get("seed_offset", 0)
         torch.manual_seed(seed)
         device = default_device()
-        model = ParentClassifier(settings["width"]).to(device)
+        model = ParentClassifier(settings["width"], effusion_lse=settings.get("effusion_lse", 0.0)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
         epoch, seconds = 0, 0.0
         last = run.path("last.pt")

@@ -110,6 +110,10 @@ class HVAEConfig:
                                       "bicubically) is added to half of each training batch, meant to make a lung-wide "
                                       "opacity no evidence of effusion (measured: it does not; off); 0 keeps "
                                       "the teacher's key")
+    classifier_lse: float = setting(0.0, lo=0.0, doc="teacher only; > 0: its effusion logit pools the logits of "
+                                    "every location by log-sum-exp with this sharpness r (Wang et al. 2017), so "
+                                    "fluid must show somewhere rather than a little everywhere (measured at "
+                                    "1: it does not; off); 0: average pooling, and the teacher's key as before")
     # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
     # times the images (the exact counterfactuals too) and must pass the stick's gates
     # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps

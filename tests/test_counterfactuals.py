@@ -530,3 +530,44 @@ def test_the_teacher_alone_learns_with_the_field(tiny, monkeypatch):
     calls.clear()
     clf.train_classifiers(prof, progress=False, role="judge")
     assert not calls and n > 0
+
+
+def test_lse_pooling_of_the_effusion_head_against_a_loop():
+    torch.manual_seed(0)
+    mean_model = clf.ParentClassifier(4).eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    e = PARENTS.index("effusion")
+    feats = mean_model.features(x).detach().double()  # (3, C, 2, 2)
+    w, b = mean_model.head.weight.detach().double(), mean_model.head.bias.detach().double()
+    for r in (0.5, 4.0):
+        lse_model = clf.ParentClassifier(4, effusion_lse=r).eval()
+        lse_model.load_state_dict(mean_model.state_dict())  # no parameter of its own
+        out = lse_model(x).detach()
+        ref = mean_model(x).detach()
+        torch.testing.assert_close(out[:, [0, 1]], ref[:, [0, 1]], atol=1e-5, rtol=1e-5)  # sex, scanner: the mean
+        for i in range(len(x)):
+            logits = [float(w[e] @ feats[i, :, h, v] + b[e]) for h in range(feats.shape[2]) for v in range(feats.shape[3])]
+            want = math.log(sum(math.exp(r * v) for v in logits) / len(logits)) / r
+            assert abs(float(out[i, e]) - want) < 1e-5
+            assert min(logits) - 1e-5 <= float(out[i, e]) <= max(logits) + 1e-5
+            assert float(out[i, e]) >= float(ref[i, e]) - 1e-5  # log-mean-exp >= the mean (Jensen)
+    # r -> 0 is the average pooling; a large r the max over locations (within log(locations) / r)
+    sharp = clf.ParentClassifier(4, effusion_lse=200.0).eval()
+    sharp.load_state_dict(mean_model.state_dict())
+    per_loc = torch.einsum("bchw,c->bhw", feats, w[e]) + b[e]
+    gap = per_loc.flatten(1).max(1).values - sharp(x).detach()[:, e].double()
+    assert (gap >= -1e-5).all() and (gap <= math.log(4) / 200 + 1e-5).all()
+    tiny_r = clf.ParentClassifier(4, effusion_lse=1e-4).eval()
+    tiny_r.load_state_dict(mean_model.state_dict())
+    torch.testing.assert_close(tiny_r(x), mean_model(x), atol=1e-4, rtol=1e-4)
+    assert clf.ParentClassifier(4).config == {"width": 4, "n_outputs": 3}  # the checkpoints before the option
+
+
+def test_the_teacher_alone_pools_effusion_by_lse(tiny):
+    prof = tiny({"hvae.classifier_lse": 2.0})
+    assert clf.classifier_run(prof).settings["effusion_lse"] == 2.0
+    assert clf.classifier_run(prof, "judge").key == clf.classifier_run(tiny(), "judge").key
+    assert clf.classifier_run(tiny()).key == clf.classifier_run(tiny({"hvae.classifier_lse": 0.0})).key
+    clf.train_classifiers(prof, progress=False)
+    model = clf.load_classifiers(prof)
+    assert model.effusion_lse == 2.0 and clf.load_classifiers(prof).config["effusion_lse"] == 2.0
