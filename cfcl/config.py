@@ -114,6 +114,11 @@ class HVAEConfig:
                                     "every location by log-sum-exp with this sharpness r (Wang et al. 2017), so "
                                     "fluid must show somewhere rather than a little everywhere (measured at "
                                     "1: it does not; off); 0: average pooling, and the teacher's key as before")
+    classifier_haze: float = setting(0.0, lo=0.0, doc="teacher only; > 0: half of each training batch gets a "
+                                     "haze over the silver lungs (one N(0, this) amplitude in [0, 1] intensity "
+                                     "for both lungs, edges blurred), labels kept, so that a lung-wide change "
+                                     "alone reads as no effusion (measured at 0.05: less change added, far less "
+                                     "fluid removed; off); 0: off, and the teacher's key as before")
     # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
     # times the images (the exact counterfactuals too) and must pass the stick's gates
     # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps

@@ -571,3 +571,41 @@ def test_the_teacher_alone_pools_effusion_by_lse(tiny):
     clf.train_classifiers(prof, progress=False)
     model = clf.load_classifiers(prof)
     assert model.effusion_lse == 2.0 and clf.load_classifiers(prof).config["effusion_lse"] == 2.0
+
+
+def test_lung_haze_is_one_seeded_amplitude_over_the_lungs():
+    x = torch.zeros(3, 1, 32, 32)
+    lungs = torch.zeros(3, 1, 32, 32)
+    lungs[:, :, 8:24, 4:12] = 1  # the right lung (image left)
+    lungs[:, :, 8:24, 20:28] = 1  # the left lung
+    a = clf.lung_haze(x, lungs, 0.05, torch.Generator().manual_seed(3))
+    assert torch.equal(a, clf.lung_haze(x, lungs, 0.05, torch.Generator().manual_seed(3)))
+    for i in range(3):
+        inner = a[i, 0, 12:20]  # well inside both lungs: the full amplitude, the same on both sides
+        assert torch.allclose(inner[:, 6:10], inner[:, 7].max().expand(8, 4), rtol=0.01)  # within 1 % (the blurred edge)
+        assert torch.allclose(inner[:, 7], inner[:, 24]) and float(inner[0, 6]) != 0.0
+        assert float(a[i, 0, 0:3].abs().max()) < 1e-6 and float(a[i, 0, 12, 15:17].abs().max()) < abs(float(inner[0, 6]))
+        assert bool((a[i] * inner[0, 6] >= -1e-7).all())  # one sign per image
+    assert float(a[:, 0, 16, 8].std()) > 0  # one amplitude per image
+    assert torch.equal(clf.lung_haze(x, lungs, 0.0, torch.Generator().manual_seed(3)), x)
+    assert float(clf.lung_haze(torch.ones(1, 1, 32, 32), lungs[:1], 5.0, torch.Generator().manual_seed(0)).max()) <= 1.0
+
+
+def test_the_teacher_alone_learns_with_the_haze_on_its_own_lungs(tiny, monkeypatch):
+    calls = []
+    real = clf.lung_haze
+
+    def spy(x, lungs, sd, generator):
+        calls.append((x.shape, lungs.shape, sd, float(lungs.float().mean())))
+        return real(x, lungs, sd, generator)
+
+    monkeypatch.setattr(clf, "lung_haze", spy)
+    prof = tiny({"hvae.classifier_haze": 0.05})
+    assert clf.classifier_run(prof).settings["haze"]["sd"] == 0.05
+    assert clf.classifier_run(prof, "judge").key == clf.classifier_run(tiny(), "judge").key
+    assert clf.classifier_run(tiny()).key == clf.classifier_run(tiny({"hvae.classifier_haze": 0.0})).key
+    clf.train_classifiers(prof, progress=False)
+    assert calls and all(xs == ls and sd == 0.05 and 0.05 < share < 0.6 for xs, ls, sd, share in calls)
+    calls.clear()
+    clf.train_classifiers(prof, progress=False, role="judge")
+    assert not calls
