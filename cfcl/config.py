@@ -154,6 +154,9 @@ class HVAEConfig:
     cf_l1_scale: float = setting(0.0, lo=0.0, doc="0: the minimality term is the plain mean |x_cf - x|; > 0 (in "
                                                   "[-1, 1] units): the sparse s*log(1 + |x_cf - x|/s), which charges "
                                                   "many small changes (a global shift) more than a few large ones")
+    cf_replicate: int = setting(0, lo=0, doc="counterfactual fine-tuning replicate: 0 the profile's run; r > 0 "
+                                             "another seed for its batches, interventions and warps (the seed "
+                                             "spread of the fine-tuning; same ELBO model and predictors)")
     cf_cycle: float = setting(0.0, lo=0.0, doc="weight of the cycle term: mean |x_back - x| (in [-1, 1] units), "
                                                "x_back the counterfactual of x_cf back to the factual parents "
                                                "(reversibility, trained); 0: off")

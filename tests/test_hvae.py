@@ -401,6 +401,11 @@ def test_cf_finetune_run_resumes_exactly_is_verified_and_keeps_the_null_interven
         f.write(b"\0" * 1024)
     with pytest.raises(ArtifactError, match="hvae_cf.pt"):
         cft.load_counterfactual_model(prof)
+    # a replicate starts from the same models and draws other batches and interventions
+    rep = _cf_profile(tiny, **{"hvae.cf_replicate": 1})
+    cft.finetune_counterfactuals(rep, progress=False)
+    other = cft.read_cf_log(rep)
+    assert other["eps"].tolist() == log["eps"].tolist() and other["aux"].tolist() != log["aux"].tolist()
 
 
 def test_cf_finetune_keys(tiny):
@@ -418,6 +423,11 @@ def test_cf_finetune_keys(tiny):
     assert prof.hvae.cf_cycle == 3.0 and cft.cf_settings(prof)["cf"]["cf_cycle"] == 3.0
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_cycle": 1.0})).key != run.key
     assert "cf_cycle" not in cft.cf_settings(_cf_profile(tiny, **{"hvae.cf_cycle": 0.0}))["cf"]
+    # a replicate is another run from the same ELBO model and predictors; replicate 0 is the profile's run
+    rep = cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_replicate": 1}))
+    assert rep.key != run.key and rep.upstream.keys() == run.upstream.keys()
+    assert all(rep.upstream[k].key == run.upstream[k].key for k in run.upstream)
+    assert "cf_replicate" not in cft.cf_settings(prof)["cf"]
     assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
     off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
     assert cft.counterfactual_model_run(off).key == hvae_run(prof).key

@@ -41,7 +41,8 @@ the EMA weights draw the counterfactuals.
 The fine-tuned model is its own run of the run layer (:mod:`cfcl.runs`),
 ``runs/<profile>/hvae_cf/hvae_cf-<key>/`` with ``hvae_cf.pt`` and ``log.csv`` (one row per step),
 keyed by its settings, the ELBO run it starts from, the parent predictors' run and the data. Every
-random draw of a step comes from ``(seed, step)``, so a run interrupted after any checkpoint
+random draw of a step comes from ``(seed, step)`` (and ``hvae.cf_replicate`` when > 0: another fine-tuning
+seed from the same ELBO model and predictors, to measure the fine-tuning's seed spread), so a run interrupted after any checkpoint
 (``last.pt``, every tenth of the run) resumes exactly. ``hvae.cf_finetune_steps = 0`` turns it off:
 the ELBO run then draws the counterfactuals (:func:`counterfactual_model_run`).
 ``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``.
@@ -86,7 +87,7 @@ def cf_settings(profile: Profile) -> dict:
     """The settings the fine-tuning run reads (its key)."""
     hv = profile.hvae
     cf = {k: v for k, v in profile.section("hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
-    for k in ("cf_l1_scale", "cf_cycle"):  # off (default): the keys of the runs made before the setting stay
+    for k in ("cf_l1_scale", "cf_cycle", "cf_replicate"):  # off (default): the keys of the runs made before stay
         if not cf.get(k):
             cf.pop(k, None)
     return {"cf": cf, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
@@ -364,7 +365,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
                             step=step, eps=eps, seconds=seconds + time.perf_counter() - t0), tmp)
 
     while step < stop:
-        rng = np.random.default_rng([profile.seed, 23, step])
+        rng = np.random.default_rng([profile.seed, 23, step] + ([hv.cf_replicate] if hv.cf_replicate else []))
         idx, which = draw_batch(effusion, hv.batch_size, hv.cf_effusion_fraction, hv.cf_effusion_weight, rng)
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         pa = pa_all[idx]
