@@ -293,6 +293,31 @@ def test_cf_step_cycle_term_is_logged_and_lowered():
     assert ends[100.0] < 0.5 * ends[0.0]
 
 
+def test_cf_step_keep_weight_weighs_the_kept_parents():
+    """``keep_weight`` multiplies the cross-entropy of the parents an intervention keeps (1 for the flipped
+    ones): the logged terms equal a by-hand float64 computation on the same counterfactual, and 1 is the
+    plain sum."""
+    import torch.nn.functional as F
+
+    model, ema, predictor, x, pa, cf_pa = _parent_dependent()
+    with torch.no_grad():
+        logits = predictor(model.counterfactual(x, pa, cf_pa, t=0.0)).double()
+    bce = F.binary_cross_entropy_with_logits(logits, cf_pa.double(), reduction="none")
+    kept = (cf_pa == pa).double()
+    assert 0 < kept.mean() < 1  # every intervention keeps some parents and flips others
+    for w in (1.0, 4.0, 0.0):
+        m, e = copy.deepcopy(model), copy.deepcopy(ema)
+        lmbda = torch.nn.Parameter(torch.zeros(1))
+        opt, lag = cft.make_optimizers(m, lmbda, 1e-3, 0.1)
+        out = cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
+                          grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, keep="label", keep_weight=w)
+        per_parent = (bce * (1 - kept + w * kept)).mean(0)
+        for j, p in enumerate(cft.PARENTS):
+            assert out[f"aux_{p}"] == pytest.approx(float(per_parent[j]), rel=1e-5, abs=1e-6)
+        assert out["aux"] == pytest.approx(float(per_parent.sum()), rel=1e-5)
+    assert float((bce * kept).sum()) > 1e-3  # so the three weights above gave three different sums
+
+
 def test_mixture_weights_per_latent_group():
     model, _, _, x, pa, cf_pa = _cf_setup()
     n = len(model.blocks)
@@ -428,6 +453,9 @@ def test_cf_finetune_keys(tiny):
     assert rep.key != run.key and rep.upstream.keys() == run.upstream.keys()
     assert all(rep.upstream[k].key == run.upstream[k].key for k in run.upstream)
     assert "cf_replicate" not in cft.cf_settings(prof)["cf"]
+    # the kept parents' weight: 1 (the plain sum) keys nothing, another value keys its own run
+    assert "cf_keep_weight" not in cft.cf_settings(prof)["cf"]
+    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_keep_weight": 3.0})).key != run.key
     assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
     off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
     assert cft.counterfactual_model_run(off).key == hvae_run(prof).key

@@ -16,7 +16,8 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
 3. minimises the frozen parent predictors' binary cross-entropy on ``x_cf`` summed over every
    parent: the intervened ones at their new value, the others kept (``hvae.cf_keep``: at their
    label, as causal-gen, or at the predictors' own reading of ``x``, default, so an imperfect head
-   asks to keep what it reads rather than to exaggerate the label); with ``hvae.cf_augment`` the
+   asks to keep what it reads rather than to exaggerate the label; ``hvae.cf_keep_weight`` weighs the
+   kept parents' terms against 1 for the intervened ones, default 1 as causal-gen); with ``hvae.cf_augment`` the
    predictors read ``x_cf`` through a random warp, as in their training, so the HVAE cannot satisfy
    them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
    ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change; with
@@ -90,6 +91,8 @@ def cf_settings(profile: Profile) -> dict:
     for k in ("cf_l1_scale", "cf_cycle", "cf_replicate"):  # off (default): the keys of the runs made before stay
         if not cf.get(k):
             cf.pop(k, None)
+    if cf.get("cf_keep_weight") == 1.0:  # likewise: 1 is the plain sum of the runs made before
+        cf.pop("cf_keep_weight")
     return {"cf": cf, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
             "grad_skip": hv.grad_skip, "ema_rate": hv.ema_rate, "weight_decay": WEIGHT_DECAY,
             "abduction_t": 0.0, "eps_images": EPS_IMAGES, "seed": profile.seed}
@@ -196,14 +199,16 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
             lag_opt: torch.optim.Optimizer, lmbda: torch.Tensor, x: torch.Tensor, pa: torch.Tensor,
             cf_pa: torch.Tensor, eps: float, *, beta: float, damping: float, grad_clip: float,
             grad_skip: float, ema_rate: float, step: int | None = None, augment: bool = False,
-            keep: str = "label", l1: float = 0.0, l1_scale: float = 0.0, cycle: float = 0.0,
-            generator: torch.Generator | None = None) -> dict[str, float]:
+            keep: str = "label", keep_weight: float = 1.0, l1: float = 0.0, l1_scale: float = 0.0,
+            cycle: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
     """One step of counterfactual fine-tuning (see the module docstring) on ``x (B, 1, H, W)`` in
     [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``. ``predictor`` is
     frozen (eval mode, no gradient to its weights). The targets of the intervened parents are their
     counterfactual values; those of the others are their factual labels (``keep="label"``, causal-gen)
     or the frozen predictors' own probabilities on ``x`` (``keep="predicted"``: keep what the
-    predictor reads, whatever its accuracy). ``l1``: weight of the mean ``|x_cf - x|`` over the images
+    predictor reads, whatever its accuracy). ``keep_weight`` weighs the cross-entropy of the kept
+    parents against 1 for the intervened ones (1: the plain sum; the per-parent means are then weighted
+    means over the batch, logged as ``aux_<parent>``). ``l1``: weight of the mean ``|x_cf - x|`` over the images
     whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
     ``l1_scale = s > 0`` the term is the sparse ``s * log(1 + |x_cf - x| / s)`` instead (:func:`minimality`).
     ``cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
@@ -230,7 +235,10 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     if keep == "predicted":
         with torch.no_grad():
             target = torch.where(cf_pa != pa, cf_pa, torch.sigmoid(predictor(x)))
-    per_parent = F.binary_cross_entropy_with_logits(predictor(seen), target, reduction="none").mean(0)
+    bce = F.binary_cross_entropy_with_logits(predictor(seen), target, reduction="none")
+    if keep_weight != 1.0:  # the kept parents (preservation) weighed against the intervened ones
+        bce = bce * torch.where(cf_pa != pa, torch.ones_like(bce), torch.full_like(bce, keep_weight))
+    per_parent = bce.mean(0)
     aux = per_parent.sum()
     if l1 > 0:  # minimality, where the intervention is local (the scanner changes every pixel)
         local = (cf_pa[:, PARENTS.index("scanner")] == pa[:, PARENTS.index("scanner")]).float()
@@ -373,8 +381,9 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         x, pa = to_model_space(train.images[idx]).to(device), pa.to(device)
         out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
                       eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
-                      ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep, l1=hv.cf_l1,
-                      l1_scale=hv.cf_l1_scale, cycle=hv.cf_cycle, generator=gen)
+                      ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep,
+                      keep_weight=hv.cf_keep_weight, l1=hv.cf_l1, l1_scale=hv.cf_l1_scale, cycle=hv.cf_cycle,
+                      generator=gen)
         step += 1
         rows.append(dict(step=step, **{k: out[k] for k in LOG_COLUMNS if k != "step"}))
         bar.update(1)
