@@ -151,7 +151,8 @@ class HVAEConfig:
                                "the predictors' own reading of x")
     cf_keep_weight: float = setting(1.0, lo=0.0, doc="weight of the cross-entropy of the parents not intervened "
                                                      "on (kept), against 1 for the intervened ones; 1: causal-gen's "
-                                                     "plain sum")
+                                                     "plain sum; measured at 3 and 10 and not adopted "
+                                                     "(benchmarks/results/hvae.md)")
     cf_l1: float = setting(0.0, lo=0.0, doc="weight of mean |x_cf - x| (in [-1, 1] units) in the auxiliary "
                                             "loss where the scanner is kept (minimality of a local change)")
     cf_l1_scale: float = setting(0.0, lo=0.0, doc="0: the minimality term is the plain mean |x_cf - x|; > 0 (in "

@@ -15,7 +15,9 @@ every call and are not cached.
 **Folder.** ``<root>/<stage>/<label>-<key>/``: the root is ``runs/<profile>/`` for the trained
 stages and ``cache/`` for the data. ``manifest.json`` is written last and atomically: the
 settings, the upstream keys with the SHA-256 of their manifests, the size and digest of every
-artifact, the package version (and git commit when available) and the stage's wall time. A
+artifact, the package version (and git commit when available), the machine (torch's version and CPU
+kernel capability: trained weights are bitwise repeatable on one machine, not across capabilities; see
+:func:`machine`) and the stage's wall time. A
 folder without a manifest is an unfinished run: its stage resumes it; nothing else reads it.
 
 **Verification.** Reading an artifact goes through :meth:`Run.artifact`, which checks the file
@@ -99,6 +101,17 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def machine() -> dict[str, str]:
+    """Where a run was made, for its manifest: torch's version and the CPU kernels it dispatched to
+    (``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``, ...). Training on CPU is
+    bitwise repeatable on one machine, but kernels of another capability sum in another order, and a
+    trained model then differs (``benchmarks/results/hvae.md``, "A rebuild on another machine"), so
+    two runs of one key made on machines of different capability are replicates, not copies."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _pid_alive(owner: str) -> bool:
@@ -249,7 +262,7 @@ class Run:
                                                   if up.manifest_path.exists() else None)}
         meta = {"stage": self.stage, "label": self.label, "key": self.key, "settings": self.settings,
                 "upstream": upstream, "artifacts": arts, "cfcl_version": __version__,
-                "git_commit": _git_commit(), "wall_seconds": round(float(seconds), 2),
+                "git_commit": _git_commit(), "machine": machine(), "wall_seconds": round(float(seconds), 2),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "remake": self.remake,
                 **(dict(extra) if extra else {})}
         with atomic_path(self.manifest_path) as tmp:

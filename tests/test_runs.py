@@ -45,6 +45,9 @@ def test_manifest_records_settings_artifacts_and_upstream(tmp_path):
     assert meta["artifacts"]["model.pt"]["size"] == 700 and meta["artifacts"]["model.pt"]["coverage"] == "full"
     assert meta["upstream"]["up"]["key"] == up.key and len(meta["upstream"]["up"]["manifest_sha256"]) == 64
     assert meta["cfcl_version"] and "remake" in meta
+    import torch  # the machine it was made on: trained weights are repeatable on one CPU capability only
+
+    assert meta["machine"] == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     assert run.artifact("model.pt") == run.path("model.pt")
 
 
