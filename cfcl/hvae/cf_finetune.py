@@ -16,10 +16,10 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
 3. minimises the frozen parent predictors' binary cross-entropy on ``x_cf`` summed over every
    parent: the intervened ones at their new value, the others kept (``hvae.cf_keep``: at their
    label, as causal-gen, or at the predictors' own reading of ``x``, default, so an imperfect head
-   asks to keep what it reads rather than to exaggerate the label; ``hvae.cf_keep_weight`` weighs the
-   kept parents' terms against 1 for the intervened ones, default 1 as causal-gen); with ``hvae.cf_augment`` the
-   predictors read ``x_cf`` through a random warp, as in their training, so the HVAE cannot satisfy
-   them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
+   asks to keep what it reads rather than to exaggerate the label; ``hvae.cf_keep_weight`` weighs
+   the kept parents' terms against 1 for the intervened ones, default 1 as causal-gen); with
+   ``hvae.cf_augment`` the predictors read ``x_cf`` through a random warp, as in their training, so the
+   HVAE cannot satisfy them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
    ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change; with
    ``hvae.cf_l1_scale = s > 0`` the sparse ``s log(1 + |x_cf - x| / s)`` instead), and ``hvae.cf_cycle``
    times the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` back to the factual parents
@@ -42,10 +42,11 @@ the EMA weights draw the counterfactuals.
 The fine-tuned model is its own run of the run layer (:mod:`cfcl.runs`),
 ``runs/<profile>/hvae_cf/hvae_cf-<key>/`` with ``hvae_cf.pt`` and ``log.csv`` (one row per step),
 keyed by its settings, the ELBO run it starts from, the parent predictors' run and the data. Every
-random draw of a step comes from ``(seed, step)`` (and ``hvae.cf_replicate`` when > 0: another fine-tuning
-seed from the same ELBO model and predictors, to measure the fine-tuning's seed spread), so a run interrupted after any checkpoint
-(``last.pt``, every tenth of the run) resumes exactly. ``hvae.cf_finetune_steps = 0`` turns it off:
-the ELBO run then draws the counterfactuals (:func:`counterfactual_model_run`).
+random draw of a step comes from ``(seed, step)`` (and ``hvae.cf_replicate`` when > 0: another
+fine-tuning seed from the same ELBO model and predictors, to measure the fine-tuning's seed spread), so a
+run interrupted after any checkpoint (``last.pt``, every tenth of the run) resumes exactly.
+``hvae.cf_finetune_steps = 0`` turns it off: the ELBO run then draws the counterfactuals
+(:func:`counterfactual_model_run`).
 ``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``.
 """
 from __future__ import annotations
@@ -208,8 +209,8 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     or the frozen predictors' own probabilities on ``x`` (``keep="predicted"``: keep what the
     predictor reads, whatever its accuracy). ``keep_weight`` weighs the cross-entropy of the kept
     parents against 1 for the intervened ones (1: the plain sum; the per-parent means are then weighted
-    means over the batch, logged as ``aux_<parent>``). ``l1``: weight of the mean ``|x_cf - x|`` over the images
-    whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
+    means over the batch, logged as ``aux_<parent>``). ``l1``: weight of the mean ``|x_cf - x|`` over
+    the images whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
     ``l1_scale = s > 0`` the term is the sparse ``s * log(1 + |x_cf - x| / s)`` instead (:func:`minimality`).
     ``cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
     under ``cf_pa``, with its gradient) back to ``pa`` (:func:`cycle_error`; reversibility, trained).
