@@ -10,7 +10,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from cfcl.progress import tqdm
 
 
 def mvee(points: np.ndarray, tol: float = 1e-4, max_iter: int = 10_000,

@@ -65,14 +65,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.parents import parents_tensor, to_model_space
-from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint, resume
+from cfcl.paths import runs_dir
+from cfcl.progress import tqdm
+from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 from cfcl.views import AugmentConfig, _gaussian_blur, intensity, random_geometry, warp
 
 CHECKPOINT_NAME = "classifiers.pt"
@@ -361,12 +361,10 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             epoch += 1
-            with atomic_path(last) as tmp:
-                torch.save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
-                                seconds=seconds + time.perf_counter() - started), tmp)
+            save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
+                                 seconds=seconds + time.perf_counter() - started), last)
         bar.close()
-        with atomic_path(run.path(CHECKPOINT_NAME)) as tmp:
-            torch.save(dict(model_config=model.config, model=model.state_dict()), tmp)
+        save_checkpoint(dict(model_config=model.config, model=model.state_dict()), run.path(CHECKPOINT_NAME))
         run.finish([CHECKPOINT_NAME], seconds + time.perf_counter() - started)
         last.unlink(missing_ok=True)
         return run

@@ -22,7 +22,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
@@ -30,6 +29,7 @@ from cfcl.device import default_device
 from cfcl.hvae import HVAE, counterfactual_model_run, elbo_only, load_counterfactual_model
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
+from cfcl.progress import tqdm
 from cfcl.runs import Run
 
 ARRAY_NAME = "counterfactuals.npy"

@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedKFold
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from cfcl import metrics, views
 from cfcl.config import UNET_DECODER_CHANNELS, Profile, SettingError, get_profile
@@ -52,6 +51,7 @@ from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
 from cfcl.models import N_CLASSES, load_pretrained, network
 from cfcl.paths import atomic_path, runs_dir
+from cfcl.progress import tqdm
 from cfcl.runs import Run, load_checkpoint
 
 #: Geometric augmentation while fine-tuning: milder than pre-training, no intensity changes.

@@ -10,7 +10,10 @@ directory goes with the kernel.
 On Windows, which has no ``ipc`` transport, it is jupyter_client's TCP kernel unchanged.
 
 ``python -m cfcl.jupyter ARGS`` is the papermill command line (same arguments) on these kernels;
-``notebooks/conftest.py`` gives nbval the same kernels.
+``notebooks/conftest.py`` gives nbval the same kernels. Its notebooks draw text progress bars
+(``CFCL_PROGRESS=text``, :mod:`cfcl.progress`: a saved widget bar reads 0 % in JupyterLab), and each cell's
+stream outputs are merged with carriage returns applied (nbclient's ``coalesce_streams``), so a saved bar is
+its final line.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ def use_private_kernels() -> None:
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
             kwargs.setdefault("kernel_manager_class", AsyncPrivateKernelManager)
+            kwargs.setdefault("coalesce_streams", True)
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
     papermill_engines.register(None, PrivateKernelEngine)
@@ -75,6 +79,7 @@ def use_private_kernels() -> None:
 def main() -> None:
     from papermill.cli import papermill
 
+    os.environ.setdefault("CFCL_PROGRESS", "text")  # the kernels inherit it (cfcl.progress)
     use_private_kernels()
     papermill(prog_name="papermill")
 

@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+
+from cfcl.progress import tqdm
 
 LUNG_LABELS = (1, 2)  # right lung, left lung
 

@@ -49,7 +49,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from cfcl import losses, views
 from cfcl.config import UNET_DECODER_CHANNELS, Profile, get_profile
@@ -58,7 +57,8 @@ from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
 from cfcl.models import network
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint, resume
+from cfcl.progress import tqdm
+from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 
 # Pre-training settings that never change the trained weights (not part of a run's key).
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile", "seeds")
@@ -433,13 +433,11 @@ def _train(profile: Profile, spec: Method, run: Run, rank: int, world: int, dist
         done = step + 1
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == end):
             elapsed = seconds + time.perf_counter() - started
-            with atomic_path(last) as tmp:
-                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "step": done, "seconds": elapsed}, tmp)
+            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "step": done, "seconds": elapsed}, last)
             _write_log(log_path, rows)
     if rank == 0 and end == cfg.steps:
-        with atomic_path(run.path("model.pt")) as tmp:
-            torch.save({"model": net.state_dict(), "step": cfg.steps, "method": method}, tmp)
+        save_checkpoint({"model": net.state_dict(), "step": cfg.steps, "method": method}, run.path("model.pt"))
         _write_log(log_path, rows)
         run.finish(["model.pt", "losses.csv"], seconds + time.perf_counter() - started)
         last.unlink(missing_ok=True)

@@ -62,7 +62,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from cfcl.config import SCANNER, SEX, DataConfig
 from cfcl.data import ChestSplit
@@ -71,6 +70,7 @@ from cfcl.data.framing import content_box, pad_to_square, preprocess_mask, resiz
 from cfcl.data import gold as gd
 from cfcl.data.metadata import filter_metadata, read_metadata
 from cfcl.paths import atomic_path
+from cfcl.progress import tqdm
 
 FORMAT_VERSION = 2  # 2: key covers the PNGs and gold masks; CheXmask frame check; minimum content size
 MIN_CONTENT_SIZE = 64  # px, each side of an image's content after the border crop

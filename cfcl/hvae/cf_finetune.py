@@ -62,7 +62,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
@@ -71,7 +70,8 @@ from cfcl.hvae.model import HVAE
 from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
 from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint, resume
+from cfcl.progress import tqdm
+from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 
 CHECKPOINT_NAME = "hvae_cf.pt"
 #: Images the ELBO constraint ``eps`` is measured on (all of the split up to this many).
@@ -368,10 +368,9 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     def save_state() -> None:
         with atomic_path(run.path("log.csv")) as tmp:
             pd.DataFrame(rows, columns=list(LOG_COLUMNS)).to_csv(tmp, index=False)
-        with atomic_path(last) as tmp:
-            torch.save(dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                            lagrange_optimizer=lag_opt.state_dict(), **{"lambda": lmbda.detach().clone()},
-                            step=step, eps=eps, seconds=seconds + time.perf_counter() - t0), tmp)
+        save_checkpoint(dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                             lagrange_optimizer=lag_opt.state_dict(), **{"lambda": lmbda.detach().clone()},
+                             step=step, eps=eps, seconds=seconds + time.perf_counter() - t0), last)
 
     while step < stop:
         rng = np.random.default_rng([profile.seed, 23, step] + ([hv.cf_replicate] if hv.cf_replicate else []))
@@ -396,9 +395,8 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     if step < total:
         return run
     seconds += time.perf_counter() - t0
-    with atomic_path(run.path(CHECKPOINT_NAME)) as tmp:
-        torch.save(dict(model_config=model.config, ema=ema.state_dict(), model=model.state_dict(),
-                        **{"lambda": float(lmbda.detach())}, eps=eps, steps=step), tmp)
+    save_checkpoint(dict(model_config=model.config, ema=ema.state_dict(), model=model.state_dict(),
+                         **{"lambda": float(lmbda.detach())}, eps=eps, steps=step), run.path(CHECKPOINT_NAME))
     tail = pd.DataFrame(rows).tail(max(1, total // 10))
     run.finish([CHECKPOINT_NAME, "log.csv"], seconds,
                extra={"eps": eps, "final": {k: float(tail[k].mean()) for k in ("aux", "elbo", "lambda")},

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from cfcl.config import HVAEConfig, Profile
 from cfcl.data import ChestSplit, data_run, load_split
@@ -32,7 +31,8 @@ from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
 from cfcl.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
-from cfcl.runs import Run, load_checkpoint, resume
+from cfcl.progress import tqdm
+from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 
 WEIGHT_DECAY = 0.01
 WARMUP_STEPS = 100
@@ -219,15 +219,13 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
             pd.DataFrame(log_rows).to_csv(tmp, index=False)
         if epoch % sample_every == 0 or epoch == hv.epochs:
             save_sample_grid(ema, run.path(f"samples/epoch_{epoch:03d}.png"), seed=profile.seed)
-        with atomic_path(last) as tmp:
-            torch.save(dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
-                            rng=gen.get_state(), epoch=epoch, step=step, seconds=seconds), tmp)
+        save_checkpoint(dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                             rng=gen.get_state(), epoch=epoch, step=step, seconds=seconds), last)
     bar.close()
     if epoch < hv.epochs:
         return run
-    with atomic_path(run.path("hvae.pt")) as tmp:
-        torch.save(dict(model_config=model.config, ema=ema.state_dict(), model=model.state_dict(),
-                        epochs=epoch, steps=step), tmp)
+    save_checkpoint(dict(model_config=model.config, ema=ema.state_dict(), model=model.state_dict(),
+                         epochs=epoch, steps=step), run.path("hvae.pt"))
     samples = sorted(p.relative_to(run.folder).as_posix() for p in run.path("samples").glob("*.png"))
     run.finish(["hvae.pt", "log.csv", *samples], seconds)
     last.unlink(missing_ok=True)

@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cfcl.config import INTERVENTIONS, DataConfig
 from cfcl.data import ChestSplit
@@ -26,6 +25,7 @@ from cfcl.data.phantom import scm
 from cfcl.data.phantom.render import MAX_SIZE, MIN_SIZE, render_with_counterfactuals
 from cfcl.data.phantom.scm import NOISE_FIELDS, SPLIT_CODES, sample_noise, split_parents
 from cfcl.paths import atomic_path
+from cfcl.progress import tqdm
 
 PHANTOM_VERSION = 5
 # DataConfig fields that change every split (real-data paths and CheXmask settings do not) ...
