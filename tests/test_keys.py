@@ -1,0 +1,64 @@
+"""The run keys the committed figures and the runs being made were made with: the current code must compute
+them unchanged (:mod:`cfcl.run_keys`), so every committed run and every long run stays valid.
+
+Each pinned file lists ``variant, stage, label, key`` of every run one profile's figures come from. After a
+deliberate change of a key (never to a setting at its default), regenerate the files with
+``python -m cfcl.run_keys cpu`` (and the variants below) and say so in the commit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cfcl.config import get_profile
+from cfcl.paths import repo_root
+from cfcl.run_keys import COLUMNS, figure_runs, runs_csv_text, write_runs_csv
+
+# file -> (profile, variant, overrides, with the ablation arms)
+PINNED = {
+    "figures/cpu/runs.csv": ("cpu", "", "", True),
+    "figures/cpu-powered/runs.csv": ("cpu", "powered", "finetune.seeds=3", False),
+    "figures/cpu-pr2/runs.csv": ("cpu", "pr2", "pretrain.seeds=2", False),
+    # the long experiment (2,700 pre-training steps, 3 pre-training x 3 fine-tuning seeds)
+    "tests/keys/cpu-long.csv": ("cpu", "long", "pretrain.steps=2700 finetune.seeds=3 pretrain.seeds=3", False),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PINNED))
+def test_keys_unchanged(path, dirs):
+    name, variant, overrides, ablations = PINNED[path]
+    rows = figure_runs(get_profile(name, overrides, variant), ablations=ablations)
+    committed = (repo_root() / path).read_text()
+    got = runs_csv_text(rows)
+    if got != committed:
+        old = set(committed.splitlines()) - set(got.splitlines())
+        new = set(got.splitlines()) - set(committed.splitlines())
+        pytest.fail(f"{path}: run keys changed; no longer computed: {sorted(old)[:8]}; new: {sorted(new)[:8]}")
+    assert not any((dirs / "runs").rglob("manifest.json")), "listing the runs must make none"
+
+
+def test_cpu_list_covers_every_stage():
+    lines = (repo_root() / "figures/cpu/runs.csv").read_text().splitlines()
+    assert tuple(lines[0].split(",")) == COLUMNS
+    stages = {line.split(",")[1] for line in lines[1:]}
+    assert {"phantom", "classifiers", "hvae", "hvae_cf", "counterfactuals", "cf_quality", "pretrain",
+            "finetune"} <= stages
+    assert len(lines) - 1 >= 20
+
+
+def test_a_changed_setting_changes_its_runs_and_their_downstream(dirs):
+    base = {(r["stage"], r["label"], r["key"]) for r in figure_runs(get_profile("cpu"))}
+    beta = {(r["stage"], r["label"], r["key"]) for r in figure_runs(get_profile("cpu", "hvae.beta=2"))}
+    changed = {s for s, _, _ in base - beta}
+    assert {"hvae", "hvae_cf", "counterfactuals", "cf_quality"} <= changed
+    assert "phantom" not in changed and "classifiers" not in changed
+    # methods without counterfactual views do not read the HVAE
+    assert ("pretrain", "vader") in {(s, lab) for s, lab, _ in base & beta}
+
+
+def test_write_runs_csv(dirs):
+    prof = get_profile("smoke", variant="v", overrides="seed=1")
+    path = write_runs_csv(prof, ablations=False)
+    assert path == dirs / "figures" / "smoke-v" / "runs.csv"
+    assert path.read_text() == runs_csv_text(figure_runs(prof))
