@@ -183,10 +183,12 @@ nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
 # runs on the same arrays in the smoke pipeline above.
 REAL_DIR ?= $(or $(TMPDIR),/tmp)/cfcl-realdata-fixture
 REAL_ONLY ?= none s_mvd_cl
+# The fixture writer replaces REAL_DIR only when it is empty or holds an earlier fixture (its fixture.json);
+# any other folder is refused with a one-line message and left as it is. The settings line it prints is
+# passed on in a shell variable: no file is written beside REAL_DIR.
 realdata-smoke: | $(INSTALLED) ## The whole smoke pipeline on real-format files (figures/smoke-real/)
-	rm -rf $(REAL_DIR)
-	$(PY) -m cfcl.data.fixture --out $(REAL_DIR) > $(REAL_DIR).settings
-	$(MAKE) reproduce PROFILE=smoke VARIANT=real ONLY="$(REAL_ONLY)" SET="$$(tail -n 1 $(REAL_DIR).settings)"
+	settings="$$($(PY) -m cfcl.data.fixture --out "$(REAL_DIR)" --force)"; \
+	$(MAKE) reproduce PROFILE=smoke VARIANT=real ONLY="$(REAL_ONLY)" SET="$$settings"
 
 test: unit nbval realdata-smoke ## Unit tests, every notebook under nbval, the real-data route (what CI runs)
 

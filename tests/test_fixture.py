@@ -242,6 +242,37 @@ def test_cli_prints_settings_reuses_and_refuses_foreign_folders(written, tmp_pat
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_make_realdata_smoke_leaves_a_foreign_folder_as_it_is(tmp_path):
+    """``make realdata-smoke REAL_DIR=<a folder the project did not write>`` refuses with one line
+    and deletes nothing: neither the folder and its files nor a file named ``<folder>.settings``.
+    (``MAKE=true`` turns the pipeline the recipe would start next into a no-op; the recipe's
+    fixture step runs as written.)"""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    foreign = tmp_path / "my data"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "notes.txt").write_text("keep me")
+    (foreign / "sub" / "scan.png").write_bytes(b"not ours")
+    beside = tmp_path / "my data.settings"
+    beside.write_text("the user's own file")
+    stamp = tmp_path / "installed"
+    stamp.touch()  # the recipe's order-only prerequisite, up to date: no install runs
+    proc = subprocess.run(["make", "-s", "-C", str(repo), "realdata-smoke", f"REAL_DIR={foreign}",
+                           "MAKE=true", f"INSTALLED={stamp}", f"PY={sys.executable}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    message = [line for line in proc.stderr.splitlines() if "cfcl.data.fixture" in line]
+    assert len(message) == 1 and "refusing to replace it" in message[0] and str(foreign) in message[0]
+    assert "Traceback" not in proc.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert (foreign / "sub" / "scan.png").read_bytes() == b"not ours"
+    assert sorted(p.name for p in foreign.rglob("*")) == ["notes.txt", "scan.png", "sub"]
+    assert beside.read_text() == "the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["installed", "my data", "my data.settings"]
+
+
 class Interrupted(Exception):
     pass
 

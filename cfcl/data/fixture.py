@@ -389,7 +389,8 @@ def _check_target(out: Path) -> None:
         raise FileExistsError(f"fixture target {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
         raise FileExistsError(f"fixture target {out} is a non-empty folder without {MANIFEST}: not "
-                              "an earlier fixture, refusing to replace it (choose an empty or new folder)")
+                              "an earlier fixture, refusing to replace it and leaving it as it is (choose "
+                              "an empty or new folder)")
 
 
 def write_fixture(out: str | os.PathLike, seed: int = 0, force: bool = False) -> dict[str, str]:
@@ -472,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite even a complete fixture of this seed")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    settings = write_fixture(args.out, seed=args.seed, force=args.force)
+    try:
+        settings = write_fixture(args.out, seed=args.seed, force=args.force)
+    except FileExistsError as exc:  # a folder the fixture did not write: refused, left as it is
+        print(f"python -m cfcl.data.fixture: {exc}", file=sys.stderr)
+        return 2
     print(f"fixture in {Path(args.out).resolve()} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     print(settings_line(settings))
     return 0
