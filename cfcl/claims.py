@@ -15,6 +15,24 @@ replicates, and the spread is over every (pre-training replicate, fine-tuning se
 (:func:`cfcl.results.per_image_by_seed`); with one pre-training run per method (the default) the
 pre-training seed is not in these figures.
 
+Two verdicts. ``verdict``: the interval over images (given the fine-tuned models), the Holm-adjusted
+Wilcoxon p and the sign of the Hodges-Lehmann estimate ``hl`` must agree (:func:`cfcl.stats.verdict`), and
+with several (replicate, seed) pairs every pair's own estimate must lie on the verdict's side (a rule that
+grows stricter with every run added). ``run_verdict``, beside it wherever the per-run per-image values are
+known (``run_ci_low``, ``run_ci_high``: :func:`cfcl.stats.two_level_ci`, a bootstrap over pre-training
+replicates, fine-tuning seeds nested within them, and images, at the family's level): the two-level
+interval, the same Holm-adjusted p and the sign of ``hl`` must agree; no per-run rule, because the
+interval itself contains the spread between runs. The README's verdicts for the long claims
+(several pre-training replicates) are the ``run_verdict``: it is the only one of the two whose interval
+contains the pre-training spread (one pre-training run moved the hidden-lung recall by 3-6 points at
+300 steps), and, unlike the per-run rule, it does not become stricter merely because more runs were
+made. With one pre-training run per method it contains only the fine-tuning seeds' and the images'
+spread, and with one run and one seed it is the image interval again (other bootstrap draws).
+
+Recomputable from committed files: the per-(method, replicate, seed, image) values behind the claims are
+written next to them (``figures/<label>/table2_test_per_image.csv``, :func:`cfcl.results.per_image_tables`),
+and :func:`recompute_claims` / :func:`recompute_contrast` decide the claims again from that file alone.
+
 The contrasts (``CLAIMS``):
 
 - "all pre-training methods outperform None" (section 4.2, Table 2): each of the eight methods
@@ -91,16 +109,67 @@ def paired(ta: pd.DataFrame, tb: pd.DataFrame, metric: str) -> tuple[np.ndarray,
     return None if ok.sum() < 2 else (100 * a[ok], 100 * b[ok])
 
 
+class PerSeed(list):
+    """The per-image tables of each (pre-training replicate, fine-tuning seed) alone (a list of
+    ``{method: table}``, :func:`cfcl.results.per_image_by_seed`), carrying ``runs``: the long table they
+    come from (one row per method, replicate, seed and image, :data:`RUN_COLUMNS`), which the two-level
+    interval of :func:`decide` reads."""
+
+    def __init__(self, tables=(), runs: pd.DataFrame | None = None):
+        super().__init__(tables)
+        self.runs = runs
+
+
+#: The columns of the per-(method, replicate, seed, image) table (``table2_test_per_image.csv``): each
+#: metric the mean over the folds of that replicate and seed; ``dsc_pe`` is ``dsc`` where ``effusion`` is 1.
+RUN_COLUMNS = ("method", "replicate", "seed", "image", "effusion", "dsc", "hd95", "asd", "hidden_recall")
+_KEYS = ("method", "replicate", "seed", "image")
+
+
+def run_arrays(runs: pd.DataFrame, c: Contrast) -> tuple[np.ndarray, np.ndarray] | None:
+    """The values (x 100) of ``c.metric`` for ``c.a`` and ``c.b`` in a long per-run table (:data:`RUN_COLUMNS`),
+    each ``(replicates, seeds, images)``, on the images finite in every run of both (effusion images only
+    for ``dsc_pe``); None when a method or the metric is missing or fewer than 2 images remain. A method
+    whose replicates do not share one set of seeds is an error."""
+    col = "dsc" if c.metric == "dsc_pe" else c.metric
+    if col not in runs:
+        return None
+    grids = []
+    for m in (c.a, c.b):
+        t = runs[runs["method"] == m]
+        if c.metric == "dsc_pe":
+            t = t[t["effusion"] == 1]
+        if t.empty:
+            return None
+        g = t.pivot_table(index=["replicate", "seed"], columns="image", values=col, aggfunc="mean", dropna=False)
+        reps, seeds = sorted(set(g.index.get_level_values(0))), sorted(set(g.index.get_level_values(1)))
+        if len(g) != len(reps) * len(seeds):
+            raise ValueError(f"per-run table: method {m} has (replicate, seed) pairs {list(g.index)}, not every "
+                             f"replicate with the same seeds {seeds}; make the missing fine-tuning runs")
+        grids.append((g.reindex(pd.MultiIndex.from_product([reps, seeds])), len(reps), len(seeds)))
+    images = grids[0][0].columns.intersection(grids[1][0].columns)
+    values = [g[images].to_numpy(float) for g, _, _ in grids]
+    ok = np.isfinite(values[0]).all(0) & np.isfinite(values[1]).all(0)
+    if ok.sum() < 2:
+        return None
+    return tuple(100 * v[:, ok].reshape(r, s, int(ok.sum())) for v, (_, r, s) in zip(values, grids))  # type: ignore[return-value]
+
+
 def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] = CLAIMS,
            n_boot: int = 10000, seed: int = 0, alpha: float = 0.05,
-           per_seed: list[dict[str, pd.DataFrame]] | None = None) -> pd.DataFrame:
+           per_seed: list[dict[str, pd.DataFrame]] | None = None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Decide ``contrasts`` on per-image tables (one per method, indexed by image, with columns
     ``effusion`` and the metrics; each value already averaged over seeds and folds). ``per_seed``: the
     same tables for each fine-tuning seed alone (see the module docstring), for the seed spread.
+    ``runs``: the long per-(method, replicate, seed, image) table (:data:`RUN_COLUMNS`; by default
+    ``per_seed.runs`` where ``per_seed`` is a :class:`PerSeed`), for the two-level interval: with it and
+    several (replicate, seed) pairs, columns ``run_ci_low``, ``run_ci_high`` (x 100, at the family's level)
+    and ``run_verdict`` (see the module docstring).
 
     Contrasts whose methods or metric are missing, or with fewer than 2 paired images (e.g. the
     hidden-lung recall on data without exact fluid masks), are left out. Returns one row per
     contrast: ``claim``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high`` (x 100),
+    ``hl`` (x 100, the Hodges-Lehmann estimate: the paired median the signed-rank test is about),
     ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable`` (x 100, the smallest effect the protocol
     detects with 80 % power at the corrected level), ``level`` of the intervals and, with ``per_seed``,
     ``seed_min``, ``seed_max``, ``seed_sd`` (the estimate on each seed's models) and ``seeds``.
@@ -116,8 +185,20 @@ def decide(per_image: dict[str, pd.DataFrame], contrasts: tuple[Contrast, ...] =
         pairs.append((*pair, c.direction))
     rows = stats.contrast_family(pairs, alpha=alpha, n_boot=n_boot, seed=seed)
     out = [{"claim": c.claim, "contrast": c.name, "metric": c.metric, **r} for c, r in zip(kept, rows)]
-    columns = ["claim", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
+    columns = ["claim", "contrast", "metric", "estimate", "ci_low", "ci_high", "hl", "p", "p_holm", "verdict", "n",
                "detectable", "sd", "level"]
+    if runs is None:
+        runs = getattr(per_seed, "runs", None)
+    if runs is not None and len(runs[["replicate", "seed"]].drop_duplicates()) > 1:
+        for j, (c, row) in enumerate(zip(kept, out)):
+            arrays = run_arrays(runs, c)
+            lo = hi = float("nan")
+            if arrays is not None:
+                _, lo, hi = stats.two_level_ci(*arrays, level=float(row["level"]), n_boot=n_boot, seed=seed + j)
+            row.update(run_ci_low=lo, run_ci_high=hi,
+                       run_verdict="inconclusive" if arrays is None else
+                       stats.verdict(lo, hi, c.direction, float(row["p_holm"]), alpha, float(row["hl"])))
+        columns += ["run_ci_low", "run_ci_high", "run_verdict"]
     if per_seed is not None and len(per_seed) > 1:
         for c, row in zip(kept, out):
             est = [_estimate(t, c) for t in per_seed]
@@ -136,3 +217,64 @@ def _estimate(per_image: dict[str, pd.DataFrame], c: Contrast) -> float:
         return float("nan")
     pair = paired(per_image[c.a], per_image[c.b], c.metric)
     return float("nan") if pair is None else float(np.mean(pair[0] - pair[1]))
+
+
+def read_runs(path) -> pd.DataFrame:
+    """A per-(method, replicate, seed, image) table as written next to the claims
+    (``figures/<label>/table2_test_per_image.csv``, :data:`RUN_COLUMNS`); a missing column or a repeated
+    row is an error naming the file."""
+    t = pd.read_csv(path)
+    missing = [c for c in RUN_COLUMNS if c not in t]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} missing; write it again with cfcl.results.per_image_tables")
+    if t.duplicated(list(_KEYS)).any():
+        raise ValueError(f"{path}: repeated (method, replicate, seed, image) rows; write it again with "
+                         "cfcl.results.per_image_tables")
+    return t
+
+
+def tables_from_runs(runs: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], PerSeed | None]:
+    """What :func:`decide` reads, from a long per-run table alone: per method the per-image mean over its
+    (replicate, seed) rows (each already the mean over folds, so the mean over every fold model, as
+    :func:`cfcl.results.test_per_image`), and the tables of each (replicate, seed) pair
+    (:func:`cfcl.results.per_image_by_seed`'s order: replicates of the pre-trained methods x seeds; a
+    method that pre-trains nothing uses its seed's rows for every replicate); None with one pair."""
+    metrics = [c for c in runs.columns if c not in _KEYS]
+    per_image = {}
+    for m, t in runs.groupby("method", sort=False):
+        out = t.groupby("image")[metrics].mean()
+        out["effusion"] = out["effusion"].round().astype(int)
+        per_image[str(m)] = out
+    pre = runs[runs["method"].map(lambda m: METHODS[m].pretrained)]
+    reps = sorted(set((pre if len(pre) else runs)["replicate"]))
+    combos = [(r, s) for r in reps for s in sorted(set(runs["seed"]))]
+    if len(combos) < 2:
+        return per_image, None
+    seeds = []
+    for r, s in combos:
+        one = {}
+        for m, t in runs.groupby("method", sort=False):
+            keep = (t["seed"] == s) & ((t["replicate"] == r) if METHODS[m].pretrained else True)
+            sub = t[keep].groupby("image")[metrics].mean()
+            sub["effusion"] = sub["effusion"].round().astype(int)
+            one[str(m)] = sub
+        seeds.append(one)
+    return per_image, PerSeed(seeds, runs)
+
+
+def recompute_claims(path, contrasts: tuple[Contrast, ...] = CLAIMS, n_boot: int = 10000, seed: int = 0,
+                     alpha: float = 0.05) -> pd.DataFrame:
+    """The claims decided again from a committed per-run file alone (:func:`read_runs`): the same
+    :func:`decide`, so the same family, levels and bootstrap draws as ``claims.csv``."""
+    per_image, per_seed = tables_from_runs(read_runs(path))
+    return decide(per_image, contrasts, n_boot=n_boot, seed=seed, alpha=alpha, per_seed=per_seed)
+
+
+def recompute_contrast(path, contrast: str, metric: str = "dsc", n_boot: int = 10000, seed: int = 0) -> dict:
+    """One row of :func:`recompute_claims` (``contrast`` as in ``claims.csv``, e.g. ``"DVD-CL - None"``):
+    its estimate and intervals within the family of every claim the file supports."""
+    t = recompute_claims(path, n_boot=n_boot, seed=seed)
+    row = t[(t["contrast"] == contrast) & (t["metric"] == metric)]
+    if row.empty:
+        raise ValueError(f"{path}: no contrast {contrast!r} on {metric!r}; it has {sorted(set(t['contrast']))}")
+    return row.iloc[0].to_dict()

@@ -122,3 +122,110 @@ def test_the_seed_spread_can_only_make_a_verdict_inconclusive():
     np.testing.assert_allclose(t.loc["DVD-CL - None", ["seed_min", "seed_max"]].to_numpy(float), [1.5, 2.5], atol=0.05)
     np.testing.assert_allclose(t.loc["VADeR - None", "seed_sd"], np.std([3, -0.5, 3], ddof=1), atol=0.05)
     np.testing.assert_allclose(t["estimate"], plain["estimate"])  # the estimate is the seed-averaged one
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 50, 301])
+def test_hodges_lehmann_is_the_median_of_the_walsh_averages(n):
+    rng = np.random.default_rng(n)
+    for d in (rng.normal(0, 1, n), rng.integers(-3, 4, n).astype(float)):  # continuous, and heavy ties
+        walsh = [(d[i] + d[j]) / 2 for i in range(n) for j in range(i, n)]
+        assert stats.hodges_lehmann(d) == pytest.approx(float(np.median(walsh)), abs=1e-12)
+    with pytest.raises(ValueError, match="non-empty finite"):
+        stats.hodges_lehmann(np.array([0.0, np.nan]))
+
+
+@pytest.mark.parametrize("lo, hi, direction, median, want", [
+    (0.1, 0.5, 1, 0.3, "holds"), (0.1, 0.5, 1, -0.2, "inconclusive"), (0.1, 0.5, 1, 0.0, "inconclusive"),
+    (-0.5, -0.1, 1, -0.3, "contradicted"), (-0.5, -0.1, 1, 0.54, "inconclusive"),
+    (-0.5, -0.1, -1, -0.3, "holds"), (-0.5, -0.1, -1, 0.2, "inconclusive")])
+def test_the_verdict_needs_the_median_on_the_intervals_side(lo, hi, direction, median, want):
+    assert stats.verdict(lo, hi, direction, p=0.001, median=median) == want
+
+
+def test_a_mean_and_a_median_of_opposite_signs_are_inconclusive():
+    """The issue's case: mean -0.31 and paired median +0.54. Most images gain a little, a tenth lose much:
+    the interval of the mean lies below 0 and the signed-rank test rejects, but in the other direction
+    (its Hodges-Lehmann estimate is above 0), so the contrast is not contradicted: inconclusive."""
+    d = np.r_[np.linspace(0.04, 1.16, 900), np.full(100, -8.5)]
+    row = stats.contrast_family([(d, np.zeros_like(d), 1)], n_boot=4000)[0]
+    assert row["estimate"] == pytest.approx(-0.31, abs=1e-9) and row["hl"] == pytest.approx(0.54, abs=0.03)
+    assert row["ci_high"] < 0 and row["p_holm"] < 1e-10
+    assert stats.verdict(row["ci_low"], row["ci_high"], 1, row["p_holm"]) == "contradicted"  # the old rule
+    assert row["verdict"] == "inconclusive"
+    # where mean and median agree, the rule still decides: the same gains without the large losses
+    agree = stats.contrast_family([(d[:900], np.zeros(900), 1), (-d[:900], np.zeros(900), 1)], n_boot=2000)
+    assert [r["verdict"] for r in agree] == ["holds", "contradicted"]
+
+
+def _runs(rng, offsets, seeds, n, noise=0.3, base=None, seed_sd=0.2):
+    """(replicates, seeds, images): an image effect shared by every run, one offset per replicate, a
+    seed effect (sd ``seed_sd``) and per-image noise."""
+    base = rng.normal(0, 2, n) if base is None else base
+    return np.stack([[base + o + rng.normal(0, seed_sd) + rng.normal(0, noise, n) for _ in range(seeds)]
+                     for o in offsets])
+
+
+def test_two_level_interval_contains_the_spread_between_pretraining_runs():
+    rng = np.random.default_rng(4)
+    n = 400
+    base = rng.normal(0, 2, n)
+    a = _runs(rng, [-3.0, 0.5, 3.0], 3, n, base=base + 1.0)  # three pre-training runs far apart
+    b = _runs(rng, [0.0], 3, n, base=base)  # None: one run, three fine-tuning seeds
+    est, lo, hi = stats.two_level_ci(a, b, level=0.95, n_boot=4000, seed=1)
+    d = a.mean((0, 1)) - b.mean((0, 1))  # the run-averaged per-image differences
+    assert est == pytest.approx(d.mean())
+    img_lo, img_hi = stats.bootstrap_ci(d, 0.95, 4000)
+    per_run = (a.mean(2) - b.mean()).mean(1)  # each replicate's own estimate
+    # with three replicates, a draw of the same run thrice has probability 1/27 > 2.5 %: the interval reaches
+    # (nearly) the lowest and the highest run's estimate, the spread between pre-training runs
+    spread = per_run.max() - per_run.min()
+    assert lo < per_run.min() + 0.05 * spread and hi > per_run.max() - 0.05 * spread
+    assert (hi - lo) > 10 * (img_hi - img_lo)  # the image interval does not
+    assert stats.two_level_ci(a, b, 0.95, 4000, seed=1) == (est, lo, hi)  # deterministic
+    # runs that differ only by per-image noise: the two-level interval is about as wide as the image one
+    a2, b2 = _runs(rng, [1.0] * 3, 3, n, base=base, seed_sd=0), _runs(rng, [0.0], 3, n, base=base, seed_sd=0)
+    d2 = a2.mean((0, 1)) - b2.mean((0, 1))
+    _, lo2, hi2 = stats.two_level_ci(a2, b2, 0.95, 4000)
+    w = np.subtract(*stats.bootstrap_ci(d2, 0.95, 4000)[::-1])
+    assert 0.8 * w < hi2 - lo2 < 2.5 * w
+
+
+def test_two_level_interval_with_one_run_is_the_image_interval():
+    rng = np.random.default_rng(5)
+    n = 300
+    a, b = rng.normal(1, 2, (1, 1, n)), rng.normal(0, 2, (1, 1, n))
+    est, lo, hi = stats.two_level_ci(a, b, 0.95, n_boot=6000)
+    ilo, ihi = stats.bootstrap_ci(a[0, 0] - b[0, 0], 0.95, 6000)
+    assert est == pytest.approx(float(np.mean(a - b)))
+    assert lo == pytest.approx(ilo, abs=0.05 * (ihi - ilo)) and hi == pytest.approx(ihi, abs=0.05 * (ihi - ilo))
+    with pytest.raises(ValueError, match="same images"):
+        stats.two_level_ci(a, b[:, :, :10])
+
+
+def test_claims_get_a_run_interval_and_verdict_from_the_per_run_table():
+    import pandas as pd
+
+    from cfcl.claims import Contrast, RUN_COLUMNS, decide, tables_from_runs
+
+    rng = np.random.default_rng(6)
+    n = 300
+    eff = (np.arange(n) % 2).astype(int)
+    base = rng.normal(85, 5, n)
+    arrays = {"none": _runs(rng, [0.0], 3, n, base=base), "dvd_cl": _runs(rng, [1.0, 2.0, 3.0], 3, n, base=base),
+              "vader": _runs(rng, [-2.0, 1.0, 4.0], 3, n, base=base)}
+    rows = [{"method": m, "replicate": r, "seed": s, "image": i, "effusion": eff[i], "dsc": v[r, s, i] / 100,
+             "hd95": 1.0, "asd": 0.5, "hidden_recall": np.nan}
+            for m, v in arrays.items() for r in range(v.shape[0]) for s in range(v.shape[1]) for i in range(n)]
+    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    per_image, per_seed = tables_from_runs(runs)
+    assert len(per_seed) == 9 and per_seed.runs is runs
+    t = decide(per_image, (Contrast("c", "dvd_cl", "none"), Contrast("c", "vader", "none")), n_boot=2000,
+               per_seed=per_seed).set_index("contrast")
+    dvd, vader = t.loc["DVD-CL - None"], t.loc["VADeR - None"]
+    assert dvd["verdict"] == dvd["run_verdict"] == "holds"
+    assert 0.5 < dvd["run_ci_low"] < 1.5 and 2.5 < dvd["run_ci_high"] < 3.5  # replicates at +1, +2, +3
+    assert dvd["ci_high"] - dvd["ci_low"] < 0.3 * (dvd["run_ci_high"] - dvd["run_ci_low"])
+    assert vader["run_ci_low"] < -1 and vader["run_ci_high"] > 3 and vader["run_verdict"] == "inconclusive"
+    assert vader["verdict"] == "inconclusive"  # one replicate reverses it
+    # without the per-run table (plain per-seed tables), no run interval
+    assert "run_ci_low" not in decide(per_image, (Contrast("c", "dvd_cl", "none"),), n_boot=200, per_seed=list(per_seed))
