@@ -2,10 +2,13 @@
 
 One way to save each: :func:`save_figure` (PNG, atomically) and :func:`write_table` (CSV, Markdown
 and LaTeX side by side, atomically). Both take the profile, whose label names the folder, so a
-variant never overwrites the default figures.
+variant never overwrites the default figures. Both return what a notebook cell ending with them shows:
+the figure (inline, once) and the table (:class:`Table`: its caption above, no index column).
 """
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +23,61 @@ def figure_path(profile: Profile, name: str) -> Path:
     return figures_dir(profile.label) / name
 
 
-def save_figure(fig: Any, profile: Profile, name: str, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as ``figures/<label>/<name>`` (``.png`` added if missing)."""
+def save_figure(fig: Any, profile: Profile, name: str, dpi: int = 120) -> Any:
+    """Save a matplotlib figure as ``figures/<label>/<name>`` (``.png`` added if missing) and return it,
+    closed.
+
+    Closed, pyplot forgets it: the inline backend does not draw it a second time at the end of the cell,
+    and a loop of figures holds none of them open. A notebook cell ending with ``save_figure(...)`` shows
+    the figure inline (IPython draws a closed figure all the same); in a loop or under an ``if``, wrap it in
+    ``display(...)``. Outside a kernel nothing is shown (matplotlib picks the Agg backend without a display)."""
+    import matplotlib.pyplot as plt
+
     path = figure_path(profile, name if name.endswith(".png") else f"{name}.png")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    return path
+    plt.close(fig)
+    return fig
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as a notebook shows it: the caption above, no index column (a named index is a column, as in
+    the files :func:`write_table` writes), floats at ``precision`` decimals (None: pandas' display)."""
+
+    df: pd.DataFrame
+    caption: str = ""
+    precision: int | None = None
+
+    def _frame(self) -> pd.DataFrame:
+        return self.df.reset_index() if self.df.index.name is not None else self.df
+
+    def _repr_html_(self) -> str:
+        ff = None if self.precision is None else f"{{:.{self.precision}f}}".format
+        table = self._frame().to_html(index=False, border=0, float_format=ff, na_rep="")
+        if self.caption:
+            head, rest = table.split(">", 1)
+            table = f'{head}><caption style="caption-side: top; text-align: left">{html.escape(self.caption)}</caption>{rest}'
+        return f'<div style="overflow-x: auto">{table}</div>'
+
+    def __repr__(self) -> str:
+        ff = None if self.precision is None else f"{{:.{self.precision}f}}".format
+        text = self._frame().to_string(index=False, float_format=ff)
+        return f"{self.caption}\n\n{text}" if self.caption else text
+
+
+def show_table(df: pd.DataFrame, caption: str = "", precision: int | None = None) -> Table:
+    """``df`` to end a notebook cell with: :class:`Table` (caption above, no index column)."""
+    return Table(df, caption, precision)
 
 
 def write_table(df: pd.DataFrame, stem: str, profile: Profile, caption: str = "",
-                floatfmt: str | None = None, formats: tuple[str, ...] = ("csv", "md", "tex")) -> dict[str, Path]:
+                floatfmt: str | None = None, formats: tuple[str, ...] = ("csv", "md", "tex")) -> Table:
     """Write ``df`` as ``<stem>.csv``, ``.md`` and ``.tex`` (or the ``formats`` named) under
-    ``figures/<label>/``.
+    ``figures/<label>/`` (:func:`figure_path`); return it as a notebook shows it (:class:`Table`).
 
     A named index (e.g. the method) becomes a column; ``floatfmt`` (e.g. ``".3f"``) formats the
-    Markdown and LaTeX numbers (the CSV keeps full precision)."""
+    Markdown and LaTeX numbers (the CSV keeps full precision) and the table shown."""
     if df.index.name is not None:
         df = df.reset_index()
     fmt = {} if floatfmt is None else {"floatfmt": floatfmt}
@@ -43,12 +86,11 @@ def write_table(df: pd.DataFrame, stem: str, profile: Profile, caption: str = ""
             "md": lambda: (f"{caption}\n\n" if caption else "") + df.to_markdown(index=False, **fmt) + "\n",
             "tex": lambda: df.to_latex(index=False, caption=caption or None, escape=True, float_format=ff)}
     texts = {ext: make[ext]() for ext in formats}
-    paths = {}
     for ext, text in texts.items():
-        paths[ext] = figure_path(profile, f"{stem}.{ext}")
-        with atomic_path(paths[ext]) as tmp:
+        with atomic_path(figure_path(profile, f"{stem}.{ext}")) as tmp:
             tmp.write_text(text)
-    return paths
+    precision = int(floatfmt.strip(".f")) if floatfmt and floatfmt.startswith(".") and floatfmt.endswith("f") else None
+    return Table(df, caption, precision)
 
 
 STAGES = {"00": "data", "01": "hvae", "02": "counterfactuals", "03": "pretrain", "04": "finetune",

@@ -2,15 +2,12 @@
 the real PadChest metadata, sample grids, gold vs silver masks, exact counterfactuals."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cfcl.config import INTERVENTIONS, SEX  # noqa: E402
-from cfcl.data import ChestSplit  # noqa: E402
+from cfcl.config import INTERVENTIONS, SEX
+from cfcl.data import ChestSplit
 
 SCANNER_SHORT = ("ImagingDynamics", "Philips")
 CELL_COLUMNS = ["sex", "scanner", "effusion"]

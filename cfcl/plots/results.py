@@ -1,9 +1,14 @@
-"""Figures of notebooks 04 and 06: segmentations of every method (paper Figure 3)."""
+"""Figures of notebooks 04 and 06: segmentations of every method (paper Figure 3) and the forest plot of
+the paper's claims."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
 from matplotlib.colors import ListedColormap
+
+from cfcl.plots import forest
 
 LABEL_CMAP = ListedColormap([(0, 0, 0, 0), (0.95, 0.3, 0.2, 0.45), (0.2, 0.6, 1.0, 0.45)])
 
@@ -29,4 +34,39 @@ def plot_segmentations(image: np.ndarray, gold: np.ndarray, preds: dict[str, np.
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
+    return fig
+
+
+def plot_claims(claims: pd.DataFrame, title: str = "") -> plt.Figure:
+    """The paper's claims decided (:func:`cfcl.claims.decide`, or its ``claims.csv``) as a forest plot: one
+    panel per metric (their scales differ), in each the claims in order, each claim's contrasts below its
+    title; per contrast the estimate and its interval at the family's level (points x 100), coloured by
+    verdict, and with several seeds the range of the per-seed estimates. ``title`` heads the figure, before
+    ": estimate and <level> % intervals"."""
+    if claims.empty:
+        raise ValueError("plot_claims: no contrast to draw (the claims table is empty)")
+    metrics = list(dict.fromkeys(claims["metric"]))
+    panels = []
+    for metric in metrics:
+        part = claims[claims["metric"] == metric]
+        rows, headers = [], {}
+        for claim in dict.fromkeys(part["claim"]):
+            headers[len(rows)] = claim
+            rows.append({"contrast": claim, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                         "verdict": "", "seed_min": np.nan, "seed_max": np.nan})
+            rows.extend(part[part["claim"] == claim].to_dict("records"))
+        panels.append((metric, pd.DataFrame(rows), headers))
+    heights = [len(rows) for _, rows, _ in panels]
+    seeds = "seed_min" in claims and claims["seed_min"].notna().any()
+    with sns.axes_style(forest.STYLE):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 0.27 * sum(heights) + 0.75 * len(panels) + 0.9),
+                                 gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (metric, rows, headers) in zip(axes[:, 0], panels):
+        forest.draw(ax, rows, headers=headers)
+        ax.set_xlabel(f"{forest.METRIC_NAMES.get(metric, metric)}: difference a - b (points)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    title = title or "The paper's claims"
+    fig.suptitle(f"{title}: estimate and {forest.level_text(claims)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    forest.legend(fig, seeds=seeds, loc="lower center")
     return fig
