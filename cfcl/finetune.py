@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -50,9 +51,9 @@ from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
 from cfcl.models import N_CLASSES, load_pretrained, network
-from cfcl.paths import atomic_path, runs_dir
+from cfcl.paths import runs_dir
 from cfcl.progress import tqdm
-from cfcl.runs import Run, load_checkpoint
+from cfcl.runs import Run, archive_problem, load_checkpoint, save_arrays
 
 #: Geometric augmentation while fine-tuning: milder than pre-training, no intensity changes.
 FINETUNE_AUGMENT = dict(rotation_deg=10.0, scale=(1.0, 1.2), translate=0.05)
@@ -256,14 +257,16 @@ def _finetune(profile: Profile, method: str, run: Run, replicate: int, progress:
     for (r, k), name in zip(tqdm(plan, desc=desc, disable=not progress), names):
         path = run.path(name)
         if path.exists():
-            try:
+            problem = archive_problem(path)  # every member read back and CRC-checked before it is reused
+            if problem is not None:  # a damaged fold of this unfinished run is this stage's own work: redo it
+                warnings.warn(f"{path} is damaged ({problem}): removing it and fine-tuning fold {k} again",
+                              stacklevel=2)
+                path.unlink()
+            else:
                 with np.load(path) as z:
-                    made_from = str(z["origin"])
-            except Exception:  # a damaged fold of an unfinished run is this stage's own work: redo it
-                made_from = None
-            if made_from == origin:
-                continue
-            print(f"{path}: made from another checkpoint or damaged; fine-tuning it again")
+                    if str(z["origin"]) == origin:
+                        continue
+                print(f"{path}: made from another checkpoint; fine-tuning it again")
         train = training_images(annotated.parents["effusion"].to_numpy(), fold_of, k, profile)
         model = train_fold(profile, method, annotated.images[train], annotated.gold[train], state, k, progress, r)
         arrays = {"pred": predict(model, annotated.images[fold_of == k]),
@@ -271,9 +274,7 @@ def _finetune(profile: Profile, method: str, run: Run, replicate: int, progress:
         if test.counterfactuals is not None:
             cf = np.asarray(test.counterfactuals)
             arrays["test_cf_pred"] = np.stack([predict(model, cf[:, j]) for j in range(cf.shape[1])], 1)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, origin=np.array(origin), **arrays)
+        save_arrays(path, compressed=True, origin=np.array(origin), **arrays)
     run.finish(names, time.perf_counter() - started, extra={"origin_sha256": origin})
 
 

@@ -14,8 +14,8 @@ every call and are not cached.
 
 **Folder.** ``<root>/<stage>/<label>-<key>/``: the root is ``runs/<profile>/`` for the trained
 stages and ``cache/`` for the data. ``manifest.json`` is written last and atomically: the
-settings, the upstream keys with the SHA-256 of their manifests, the size and digest of every
-artifact, the package version (and git commit when available), the machine (torch's version and CPU
+settings, the upstream keys with the digest of their content (:func:`content_digest`), the size and
+digest of every artifact, the package version (and git commit when available), the machine (torch's version and CPU
 kernel capability: trained weights are bitwise repeatable on one machine, not across capabilities; see
 :func:`machine`) and the stage's wall time. A
 folder without a manifest is an unfinished run: its stage resumes it; nothing else reads it.
@@ -26,8 +26,19 @@ against the manifest: its size, and its SHA-256, over the whole file up to
 it, over the size plus 64 blocks of 1 MiB spread evenly through the file including the first and
 the last (so the header and any change of length are always covered; ``CFCL_VERIFY=full`` hashes
 whole files whatever their size). A verified file is remembered per process by (path, size,
-mtime, inode). An upstream run whose manifest changed since the run was made makes the run
-stale. Every mismatch is :class:`ArtifactError`, naming the file and the command that remakes it.
+mtime, inode). An upstream run whose content changed since the run was made makes the run stale:
+its content is its key and the digests of its artifacts, not its manifest's bytes, so an upstream
+remade with identical artifacts (a data cache regenerated, a run remade on the same machine), or a
+manifest re-indented, leaves the run valid (manifests of older runs recorded the SHA-256 of the
+upstream manifest's bytes, and are still checked that way). The settings a manifest records must give
+its key (:meth:`Run.manifest`): a hand-edited setting is an error, never a silently relabelled run.
+Every mismatch is :class:`ArtifactError`, naming the file and the command that remakes it.
+
+**Writing.** Every file is written through :func:`cfcl.paths.atomic_path` (a temporary file, renamed
+on success; a full disk is a :class:`cfcl.paths.WriteError` naming the file, with nothing partial
+kept). Checkpoints go through :func:`save_checkpoint` and ``.npz`` archives through
+:func:`save_arrays`, whose bytes are a function of their content only (no file name, no time stamp),
+so a run remade with the same settings on the same machine has the same digests.
 
 **Claiming.** A stage that makes a run holds ``<folder>/.lock`` (``fcntl.flock``) while it
 works: a second process (or torchrun rank) asking for the same run waits, then finds it
@@ -70,6 +81,72 @@ def key_of(payload: Mapping[str, Any]) -> str:
     """First 12 hex digits of the SHA-256 of a JSON payload (sorted keys)."""
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def content_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of what a run's consumers depend on, from its manifest ``meta``: its key and the digest
+    of each artifact (not the manifest's bytes: its times, machine and layout)."""
+    arts = {name: a["sha256"] for name, a in sorted(meta.get("artifacts", {}).items())}
+    text = json.dumps({"key": meta.get("key"), "artifacts": arts}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`cfcl.paths.atomic_path`), flushed to disk before
+    the rename. Saved through an open file, so the archive's record folder has torch's fixed name
+    (``archive``), not the temporary file's: the bytes are a function of ``obj`` alone."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def save_arrays(path: str | os.PathLike, compressed: bool = False, **arrays: Any) -> Path:
+    """``np.savez`` (``compressed``: ``np.savez_compressed``) of ``arrays`` to ``path`` atomically, readable
+    by ``np.load``; every member has a fixed time stamp (``np.savez`` stamps the current time), so the
+    bytes are a function of the arrays alone."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = method
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def archive_problem(path: str | os.PathLike) -> str | None:
+    """Why the ``.npz`` file ``path`` cannot be read in full (None when every member reads back, its
+    CRC-32 checked and its array parsed): the check before a partial artifact is reused on resume."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            return f"member {bad!r} fails its CRC-32 check"
+        with np.load(path, allow_pickle=False) as z:
+            for name in z.files:
+                z[name]
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for a damaged file
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        return f"{type(exc).__name__}: {first}"
+    return None
 
 
 def file_digest(path: str | os.PathLike, full: bool | None = None) -> dict[str, Any]:
@@ -148,9 +225,9 @@ class Run:
     key: str = ""
 
     def __post_init__(self) -> None:
+        self._derived_key = not self.key  # False: a key given by the stage (the data's), not of the settings
         if not self.key:
-            self.key = key_of({"stage": self.stage, "settings": self.settings,
-                               "upstream": {k: r.key for k, r in sorted(self.upstream.items())}})
+            self.key = _derived_key(self.stage, self.settings, {k: r.key for k, r in self.upstream.items()})
 
     # ------------------------------------------------------------------ where
     @property
@@ -184,6 +261,10 @@ class Run:
         if meta.get("key") != self.key or meta.get("stage") != self.stage:
             raise ArtifactError(f"{path} belongs to {meta.get('stage')} run {meta.get('key')}, not to {self}; "
                                 f"{self._fix()}")
+        if self._derived_key and recorded_key(meta) != self.key:
+            raise ArtifactError(f"{path}: its recorded settings (or upstream keys) do not give its key {self.key} "
+                                f"(edited by hand?); settings are changed with --set, never in a manifest: "
+                                f"restore the manifest's settings, or {self._fix()}")
         return meta
 
     def _fix(self) -> str:
@@ -209,10 +290,15 @@ class Run:
             if recorded.get("key") != up.key:
                 raise ArtifactError(f"{self.manifest_path} was made from {role} run {recorded.get('key')}, "
                                     f"expected {up.key}; {self._fix()}")
-            if up.manifest_path.exists() and recorded.get("manifest_sha256") not in (
-                    None, file_digest(up.manifest_path, full=True)["sha256"]):
+            if not up.manifest_path.exists():
+                continue
+            if "content_sha256" in recorded:
+                stale = recorded["content_sha256"] != content_digest(up.manifest())
+            else:  # older manifests: the SHA-256 of the upstream manifest's bytes
+                stale = recorded.get("manifest_sha256") not in (None, file_digest(up.manifest_path, full=True)["sha256"])
+            if stale:
                 raise ArtifactError(f"{self} is stale: its upstream {up} ({up.manifest_path}) was remade "
-                                    f"after it; {self._fix()}")
+                                    f"after it with other artifacts; {self._fix()}")
         return meta
 
     def _check(self, name: str, arts: Mapping[str, Any]) -> Path:
@@ -258,8 +344,7 @@ class Run:
         upstream = {}
         for role, up in self.upstream.items():
             upstream[role] = {"stage": up.stage, "label": up.label, "key": up.key,
-                              "manifest_sha256": (file_digest(up.manifest_path, full=True)["sha256"]
-                                                  if up.manifest_path.exists() else None)}
+                              "content_sha256": content_digest(up.manifest()) if up.manifest_path.exists() else None}
         meta = {"stage": self.stage, "label": self.label, "key": self.key, "settings": self.settings,
                 "upstream": upstream, "artifacts": arts, "cfcl_version": __version__,
                 "git_commit": _git_commit(), "machine": machine(), "wall_seconds": round(float(seconds), 2),
@@ -302,6 +387,17 @@ class Run:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
         return removed
+
+
+def _derived_key(stage: str, settings: Mapping[str, Any], upstream_keys: Mapping[str, str]) -> str:
+    return key_of({"stage": stage, "settings": settings, "upstream": dict(sorted(upstream_keys.items()))})
+
+
+def recorded_key(meta: Mapping[str, Any]) -> str:
+    """The key that a manifest's recorded stage, settings and upstream keys give (equal to its ``key``
+    unless it was edited; the data's runs, whose key is not derived from their settings, excepted)."""
+    ups = {role: (rec or {}).get("key") for role, rec in (meta.get("upstream") or {}).items()}
+    return _derived_key(meta.get("stage"), meta.get("settings"), ups)
 
 
 def load_checkpoint(path: str | os.PathLike, fix: str = "") -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_folds_are_tied_to_the_checkpoint_they_started_from(tiny, capsys):
     import json
 
     meta = json.loads(fake.manifest_path.read_text())
-    meta["key"] = fake.key
+    meta["key"], meta["settings"] = fake.key, fake.settings  # a consistent manifest, other weights
     fake.manifest_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="stale"):
         ft.load_fold(prof, "vader", 0)

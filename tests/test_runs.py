@@ -1,9 +1,11 @@
 """The run layer: keys, manifests, verification of artifacts, staleness, locks, stale temporary files."""
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cfcl import runs
-from cfcl.paths import atomic_path
+from cfcl.paths import WriteError, atomic_path
 from cfcl.runs import ArtifactError, MissingRunError, Run
 
 
@@ -43,7 +45,8 @@ def test_manifest_records_settings_artifacts_and_upstream(tmp_path):
     meta = json.loads(run.manifest_path.read_text())
     assert meta["key"] == run.key and meta["settings"] == {"a": 1} and meta["wall_seconds"] == 1.5
     assert meta["artifacts"]["model.pt"]["size"] == 700 and meta["artifacts"]["model.pt"]["coverage"] == "full"
-    assert meta["upstream"]["up"]["key"] == up.key and len(meta["upstream"]["up"]["manifest_sha256"]) == 64
+    assert meta["upstream"]["up"]["key"] == up.key
+    assert meta["upstream"]["up"]["content_sha256"] == runs.content_digest(up.manifest())
     assert meta["cfcl_version"] and "remake" in meta
     import torch  # the machine it was made on: trained weights are repeatable on one CPU capability only
 
@@ -106,6 +109,177 @@ def test_remade_upstream_makes_the_run_stale(tmp_path):
     up.finish(["model.pt"], seconds=1.0)  # the upstream run was remade with the same settings
     with pytest.raises(ArtifactError, match="stale"):
         run.require()
+
+
+def test_upstream_remade_with_the_same_artifacts_or_reindented_leaves_the_run_valid(tmp_path):
+    up = finished(make(tmp_path, {"u": 1}, label="up"), b"v1" * 50)
+    run = finished(make(tmp_path, upstream={"up": up}))
+    before = up.manifest_path.read_bytes()
+    time.sleep(1.1)  # another finished_at
+    up.finish(["model.pt"], seconds=9.0)  # remade: the same artifacts, another time and wall time
+    assert up.manifest_path.read_bytes() != before
+    run.require()
+    meta = json.loads(up.manifest_path.read_text())
+    up.manifest_path.write_text(json.dumps(meta, indent=4, sort_keys=True))  # an editor re-indents it
+    run.require()
+    up.path("model.pt").write_bytes(b"v2" * 50)  # a changed artifact still makes the run stale
+    up.finish(["model.pt"], seconds=1.0)
+    with pytest.raises(ArtifactError, match=r"stale: its upstream stage run up-.*remade after it"):
+        run.require()
+
+
+def test_a_regenerated_identical_data_cache_leaves_downstream_valid(tmp_path):
+    data = Run("phantom", "pretrain", {"data": {"n": 8}}, tmp_path / "cache", key="phantom-0123abcd")
+    finished(data, b"images" * 64)
+    run = finished(make(tmp_path / "runs", upstream={"data": data}))
+    shutil.rmtree(data.folder)  # the cache deleted and made again, bit for bit
+    finished(data, b"images" * 64)
+    run.require()
+    shutil.rmtree(data.folder)
+    finished(data, b"images" * 63 + b"IMAGES")  # made again, differently
+    with pytest.raises(ArtifactError, match="stale"):
+        run.require()
+
+
+def test_a_manifest_of_an_older_layout_is_checked_by_its_bytes(tmp_path):
+    up = finished(make(tmp_path, {"u": 1}, label="up"))
+    run = finished(make(tmp_path, upstream={"up": up}))
+    meta = json.loads(run.manifest_path.read_text())
+    rec = meta["upstream"]["up"]
+    del rec["content_sha256"]
+    rec["manifest_sha256"] = runs.file_digest(up.manifest_path, full=True)["sha256"]
+    run.manifest_path.write_text(json.dumps(meta, indent=1))
+    run.require()
+    up.manifest_path.write_text(up.manifest_path.read_text() + "\n")
+    with pytest.raises(ArtifactError, match="stale"):
+        run.require()
+
+
+def test_a_hand_edited_setting_is_an_error_naming_the_manifest(tmp_path):
+    up = finished(make(tmp_path, {"u": 1}, label="up"))
+    run = finished(make(tmp_path, {"steps": 3}, upstream={"up": up}))
+    run.require()
+    meta = json.loads(run.manifest_path.read_text())
+    meta["settings"]["steps"] = 300
+    run.manifest_path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ArtifactError) as err:
+        run.require()
+    msg = str(err.value)
+    assert "\n" not in msg and str(run.manifest_path) in msg and "do not give its key" in msg
+    assert "python -m cfcl.stage --x" in msg
+    meta["settings"]["steps"] = 3
+    meta["upstream"]["up"]["key"] = "0" * 12  # an edited upstream key is caught too
+    run.manifest_path.write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ArtifactError):
+        run.require()
+
+
+@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_names_the_file_and_keeps_nothing_partial(tmp_path, monkeypatch, errno_):
+    import numpy as np
+    import torch
+
+    class Full:  # a file on a disk with 1,000 bytes free
+        budget = 1000
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            if Full.budget < len(b):
+                raise OSError(errno_, os.strerror(errno_))
+            Full.budget -= len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = open
+
+    def full_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Full(f) if "w" in mode and str(file).endswith(".tmp") else f
+
+    monkeypatch.setattr("builtins.open", full_open)
+    cases = [("model.pt", lambda p: runs.save_checkpoint({"w": torch.zeros(10_000)}, p)),
+             ("fold0.npz", lambda p: runs.save_arrays(p, compressed=True, a=np.random.default_rng(0).random(10_000))),
+             ("cf.npy", lambda p: _save_npy(p, np.zeros(10_000)))]
+    for name, save in cases:
+        Full.budget = 1000
+        target = tmp_path / name
+        with pytest.raises(OSError) as err:
+            save(target)
+        msg = str(err.value)
+        assert isinstance(err.value, WriteError)
+        assert str(target) in msg and "disk may be full" in msg and "nothing partial was kept" in msg
+        assert os.strerror(errno_) in msg  # what the system said, also where torch wraps it
+        assert "\n" not in msg
+        assert sorted(os.listdir(tmp_path)) == [], name  # neither the file nor its temporary file
+
+
+def _save_npy(path, arr):
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def test_short_writes_of_numpy_and_torch_given_a_path_are_disk_full_errors(tmp_path):
+    for exc in (OSError("4096 requested and 1024 written"),
+                RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")):
+        with pytest.raises(WriteError, match=r"could not write .*x\.bin: the disk may be full"):
+            with atomic_path(tmp_path / "x.bin") as tmp:
+                tmp.write_bytes(b"half")
+                raise exc
+        assert os.listdir(tmp_path) == []
+    with pytest.raises(FileNotFoundError):  # an error that is not about space passes through unchanged
+        with atomic_path(tmp_path / "y.bin"):
+            open(tmp_path / "missing.txt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_checkpoint_and_archive_bytes_depend_on_their_content_only(tmp_path):
+    import numpy as np
+    import torch
+
+    obj = {"model": {"w": torch.arange(12.0).view(3, 4)}, "step": 3}
+    a = runs.save_checkpoint(obj, tmp_path / "a" / "model.pt")
+    time.sleep(1.1)
+    b = runs.save_checkpoint(obj, tmp_path / "b" / "other.pt")
+    assert a.read_bytes() == b.read_bytes()
+    assert torch.equal(runs.load_checkpoint(b)["model"]["w"], obj["model"]["w"])
+    arrays = {"origin": np.array("abc"), "pred": np.arange(20, dtype=np.uint8).reshape(4, 5)}
+    x = runs.save_arrays(tmp_path / "x.npz", compressed=True, **arrays)
+    time.sleep(2.1)  # zip time stamps have a resolution of two seconds
+    y = runs.save_arrays(tmp_path / "y.npz", compressed=True, **arrays)
+    assert x.read_bytes() == y.read_bytes()
+    with np.load(y) as z:
+        assert sorted(z.files) == ["origin", "pred"] and str(z["origin"]) == "abc"
+        assert np.array_equal(z["pred"], arrays["pred"])
+    assert runs.archive_problem(y) is None
+
+
+def test_archive_problem_reads_every_member(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = runs.save_arrays(tmp_path / "fold0.npz", compressed=True, origin=np.array("abc"),
+                            pred=rng.integers(0, 3, (4, 32, 32)).astype(np.uint8))
+    good = path.read_bytes()
+    with np.load(path) as z:
+        assert str(z["origin"]) == "abc"  # the member a resume used to read alone
+    data = bytearray(good)
+    data[len(good) // 2] ^= 0xFF  # inside the compressed 'pred' member
+    path.write_bytes(bytes(data))
+    assert runs.archive_problem(path) is not None
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    assert "BadZipFile" in runs.archive_problem(path)
 
 
 def test_sampled_digest_for_large_files(tmp_path, monkeypatch):
