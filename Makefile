@@ -30,7 +30,9 @@ $(error SET="$(SET)" needs VARIANT=<name> (figures go to figures/$(PROFILE)-<nam
 endif
 endif
 
-VENV := .venv
+# VENV: the Python environment the targets use (.venv by default; a conda environment: VENV="$CONDA_PREFIX",
+# see environment.yml).
+VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LABEL := $(PROFILE)$(if $(strip $(VARIANT)),-$(strip $(VARIANT)))
@@ -55,22 +57,22 @@ SRC := $(shell find cfcl -name '*.py' 2>/dev/null)
 SETTINGS := $(NB)/.settings
 ONLY_FILE := $(NB)/.only
 
-.PHONY: help install reproduce ablations test unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
+.PHONY: help install reproduce ablations test lint unit unit-fast nbval realdata-smoke lab bench bench-gpu profile-step data hvae pretrain finetune \
         clean-runs FORCE
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_%/.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_%\/.-]+:.*## / { printf "  %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-install: $(INSTALLED) ## Create .venv and install the project (editable) with its dev tools and a kernel
+install: $(INSTALLED) ## Create .venv and install the project (editable, dev tools, a kernel) at constraints.txt's versions
 
 # rfc3987-syntax (pulled in by jupyter-events' jsonschema[format-nongpl]) builds ~35 Lark parsers whenever
 # jsonschema is imported: about 3 CPU s in every papermill, nbval and jupyter process, a tenth of the smoke
 # pipeline's CPU (benchmarks/results/startup.md; jsonschema issue #1428). Nothing here validates the IRI formats it serves, so the install removes
 # it (jsonschema then skips those two formats; `pip check` stays clean).
-$(INSTALLED): pyproject.toml
-	python3 -m venv $(VENV)
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m pip uninstall --quiet --yes rfc3987-syntax
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "cfcl (.venv)" >/dev/null
 	$(PY) -m cfcl.chromap --warm
@@ -131,7 +133,7 @@ $(NB)/07_ablations.ipynb: notebooks/07_ablations.ipynb FORCE | $(INSTALLED)
 data: $(NB)/00_data.ipynb ## Make the data and its figures (notebook 00)
 hvae: $(NB)/02_counterfactuals.ipynb ## Train the HVAE, generate and score counterfactuals (01, 02)
 pretrain: $(METHODS:%=$(NB)/03_pretrain-%.ipynb) ## Pre-train all eight methods (03)
-finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, 5 folds each (04)
+finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, every fold (finetune.folds) (04)
 
 # With SET="pretrain.seeds=R" the pre-training replicates beyond the profile's own (cfcl/replicates.py) are
 # pre-trained and fine-tuned first, each as a variant <VARIANT>-pr<k>; notebook 06 averages over all of them.
@@ -190,7 +192,10 @@ realdata-smoke: | $(INSTALLED) ## The whole smoke pipeline on real-format files 
 	settings="$$($(PY) -m cfcl.data.fixture --out "$(REAL_DIR)" --force)"; \
 	$(MAKE) reproduce PROFILE=smoke VARIANT=real ONLY="$(REAL_ONLY)" SET="$$settings"
 
-test: unit nbval realdata-smoke ## Unit tests, every notebook under nbval, the real-data route (what CI runs)
+lint: | $(INSTALLED) ## Lint the package, the tests and the notebooks (ruff, configured in pyproject.toml)
+	$(VENV)/bin/ruff check cfcl tests notebooks
+
+test: lint unit nbval realdata-smoke ## Lint, unit tests, every notebook under nbval, the real-data route (what CI runs)
 
 bench: | $(INSTALLED) ## Benchmarks on CPU (ratios, written to benchmarks/results/)
 	$(PY) benchmarks/bench_losses.py

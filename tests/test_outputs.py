@@ -9,16 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from cfcl.config import get_profile  # noqa: E402
-from cfcl.outputs import Table, save_figure, show_table, write_table  # noqa: E402
+from cfcl.config import get_profile
+from cfcl.outputs import Table, save_figure, show_table, write_table
 
 ROOT = Path(__file__).parents[1]
 
@@ -111,6 +108,30 @@ def test_plot_claims_draws_every_contrast_at_its_estimate_in_its_verdict_colour(
             assert [t for t in labels if t not in bold] == list(part["contrast"])
     finally:
         plt.close(fig)
+
+
+def test_plot_claims_draws_the_two_level_interval_and_its_verdict_where_the_table_has_them():
+    from matplotlib.collections import LineCollection
+
+    from cfcl.plots.forest import VERDICT_COLOURS
+    from cfcl.plots.results import plot_claims
+
+    claims = _claims()
+    claims = claims[claims["metric"] == "dsc_pe"].assign(run_ci_low=[-3.0, -1.0], run_ci_high=[1.0, 2.0],
+                                                         run_verdict=["inconclusive", "holds"])
+    for interval, lows, verdicts in (("auto", [-3.0, -1.0], ["inconclusive", "holds"]),
+                                     ("images", list(claims["ci_low"]), list(claims["verdict"]))):
+        fig = plot_claims(claims, interval=interval)
+        try:
+            (ax,) = fig.axes
+            bars = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_linewidths()[0] == 2.2]
+            np.testing.assert_allclose([seg[0][0] for seg in bars[0].get_segments()], lows)
+            np.testing.assert_allclose(_dots(ax)[1], [VERDICT_COLOURS[v] for v in verdicts], atol=1e-6)
+            assert ("two-level" in fig._suptitle.get_text()) == (interval == "auto")
+        finally:
+            plt.close(fig)
+    with pytest.raises(ValueError, match="interval='runs' needs run_ci_low"):
+        plot_claims(_claims(), interval="runs")
 
 
 def test_plot_claims_refuses_an_empty_table():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cfcl.config import INTERVENTIONS, PARENTS, SCANNER
+from cfcl.config import INTERVENTIONS, PARENTS
 from cfcl.parents import PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
 
 _SHORT = {"sex": ("F", "M"), "scanner": ("IDC", "Philips"), "effusion": ("no PE", "PE")}

@@ -4,10 +4,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
 from cfcl import views
-from cfcl.config import INTERVENTIONS, Profile
+from cfcl.config import INTERVENTIONS
 
 VIEW_NAMES = {"cf": ("x",) + tuple(f"do({iv})" for iv in INTERVENTIONS), "two": ("view 1", "view 2"), "one": ("view",)}
 

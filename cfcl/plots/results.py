@@ -37,14 +37,28 @@ def plot_segmentations(image: np.ndarray, gold: np.ndarray, preds: dict[str, np.
     return fig
 
 
-def plot_claims(claims: pd.DataFrame, title: str = "") -> plt.Figure:
+def plot_claims(claims: pd.DataFrame, title: str = "", interval: str = "auto") -> plt.Figure:
     """The paper's claims decided (:func:`cfcl.claims.decide`, or its ``claims.csv``) as a forest plot: one
     panel per metric (their scales differ), in each the claims in order, each claim's contrasts below its
     title; per contrast the estimate and its interval at the family's level (points x 100), coloured by
     verdict, and with several seeds the range of the per-seed estimates. ``title`` heads the figure, before
-    ": estimate and <level> % intervals"."""
+    ": estimate and <level> % intervals".
+
+    ``interval``: ``"images"`` draws ``ci_low``/``ci_high`` coloured by ``verdict``; ``"runs"`` the two-level
+    interval over pre-training runs, seeds and images (``run_ci_low``/``run_ci_high``) coloured by
+    ``run_verdict``; ``"auto"`` the two-level one wherever the table has it."""
     if claims.empty:
         raise ValueError("plot_claims: no contrast to draw (the claims table is empty)")
+    has_runs = "run_verdict" in claims and claims["run_verdict"].notna().any()
+    if interval not in ("auto", "images", "runs"):
+        raise ValueError(f"plot_claims: interval={interval!r}; use 'auto', 'images' or 'runs'")
+    if interval == "runs" and not has_runs:
+        raise ValueError("plot_claims: interval='runs' needs run_ci_low, run_ci_high and run_verdict (claims "
+                         "decided with several pre-training replicates or fine-tuning seeds)")
+    two_level = has_runs and interval != "images"
+    if two_level:
+        claims = claims.assign(ci_low=claims["run_ci_low"], ci_high=claims["run_ci_high"],
+                               verdict=claims["run_verdict"])
     metrics = list(dict.fromkeys(claims["metric"]))
     panels = []
     for metric in metrics:
@@ -66,7 +80,8 @@ def plot_claims(claims: pd.DataFrame, title: str = "") -> plt.Figure:
         ax.set_xlabel(f"{forest.METRIC_NAMES.get(metric, metric)}: difference a - b (points)", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
     title = title or "The paper's claims"
-    fig.suptitle(f"{title}: estimate and {forest.level_text(claims)}", fontsize=10)
+    kind = "two-level (runs, seeds, images) " if two_level else ""
+    fig.suptitle(f"{title}: estimate and {kind}{forest.level_text(claims)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     forest.legend(fig, seeds=seeds, loc="lower center")
     return fig
