@@ -79,7 +79,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "multi_positive_nce",
@@ -132,6 +131,11 @@ class _StreamingLSE(torch.autograd.Function):
       (half the backward's products, no transposed product, no per-row maximum);
     - per row (wide ranges, or under autocast): each row shifted by its own maximum; rows ``r`` give
       ``grad[r] += W_r @ zn`` and ``grad += W_r^T @ zn[r]``.
+
+    Both forms compute the gradient in place, outside autograd. A backward that must itself be
+    differentiable (``create_graph=True``: grad mode is on in the backward) takes the dense block in
+    differentiable operations instead (:meth:`_dense_grad`), so second derivatives are exact, at the dense
+    path's memory.
     """
 
     @staticmethod
@@ -187,8 +191,24 @@ class _StreamingLSE(torch.autograd.Function):
         return lse
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_lse: Tensor):
+        if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
+            zn = ctx.saved_tensors[0]
+            return _StreamingLSE._dense_grad(zn, grad_lse, ctx.temperature), None, None, None
+        return _StreamingLSE._chunked_grad(ctx, grad_lse)
+
+    @staticmethod
+    def _dense_grad(zn: Tensor, grad_lse: Tensor, tau: float) -> Tensor:
+        """The gradient ``(W + W^T) zn``, ``W = g[:, None] * P / tau``, from the dense ``(G, M, M)`` block
+        in differentiable operations: the path of second derivatives (memory ``O(G M^2)``, as dense)."""
+        m = zn.shape[1]
+        sim = torch.matmul(zn / tau, zn.transpose(1, 2))
+        sim = sim.masked_fill(torch.eye(m, dtype=torch.bool, device=zn.device), float("-inf"))
+        w = grad_lse.to(sim.dtype)[..., None] * sim.softmax(-1) / tau
+        return torch.matmul(w + w.transpose(1, 2), zn).to(zn.dtype)
+
+    @staticmethod
+    def _chunked_grad(ctx, grad_lse: Tensor) -> tuple:
         zn, lse, *rest = ctx.saved_tensors
         tau, c = ctx.temperature, ctx.chunk_size
         g, m, d = zn.shape
