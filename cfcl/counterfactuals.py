@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
@@ -467,26 +468,21 @@ def stick_verdict(checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """``python -m cfcl.counterfactuals --profile cpu [--splits pretrain test] [--evaluate]``: generate (or
     verify) the HVAE counterfactuals of the named splits (the HVAE must be trained); with ``--evaluate``,
     also their quality table (:func:`evaluate`; needs the parent predictors)."""
-    import argparse
-
-    from cfcl.config import get_profile
     from cfcl.data import SPLITS
 
-    ap = argparse.ArgumentParser(prog="python -m cfcl.counterfactuals", description=main.__doc__)
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--variant", default="")
+    ap = profile_parser("python -m cfcl.counterfactuals", main.__doc__)
     ap.add_argument("--splits", nargs="*", default=["pretrain", "test"], choices=list(SPLITS))
     ap.add_argument("--alpha", type=float, default=1.0, help="mixture abduction (1: the posterior alone)")
     ap.add_argument("--evaluate", action="store_true", help="also make the quality table of each split")
     ap.add_argument("--no-before", dest="before", action="store_false",
                     help="without the ELBO-only HVAE's rows (as notebook 02's mixture table)")
     args = ap.parse_args(argv)
-    profile = get_profile(args.profile, args.overrides, args.variant)
+    profile = profile_of(args)
     for split in args.splits:
         cf = generate(profile, split, alpha=args.alpha)
         print(f"{split}: {cf.shape} ({counterfactual_run(profile, split, alpha=args.alpha).folder})")

@@ -33,7 +33,6 @@ checkpoint is an error naming the command that makes it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -46,7 +45,8 @@ from sklearn.model_selection import StratifiedKFold
 from torch.profiler import record_function
 
 from cfcl import metrics, views
-from cfcl.config import UNET_DECODER_CHANNELS, Profile, SettingError, get_profile
+from cfcl.cli import entry_point, profile_of, profile_parser
+from cfcl.config import UNET_DECODER_CHANNELS, Profile, SettingError
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
@@ -304,14 +304,12 @@ def fold_metrics(profile: Profile, method: str) -> pd.DataFrame:
     return table
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m cfcl.finetune", description="Five-fold fine-tuning of one method.")
-    ap.add_argument("--profile", default="cpu")
+    ap = profile_parser("python -m cfcl.finetune", "Five-fold fine-tuning of one method.")
     ap.add_argument("--method", required=True, choices=list(FINETUNE_METHODS))
-    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--variant", default="")
     args = ap.parse_args(argv)
-    table = finetune(get_profile(args.profile, args.overrides, args.variant), args.method)
+    table = finetune(profile_of(args), args.method)
     print(metrics.summarise_folds(table))
 
 

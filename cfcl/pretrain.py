@@ -34,7 +34,6 @@ SyncBatchNorm is used; ``freeze_bn`` exists for exact comparisons).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import math
@@ -51,7 +50,8 @@ from torch import nn
 from torch.profiler import record_function
 
 from cfcl import losses, views
-from cfcl.config import UNET_DECODER_CHANNELS, Profile, get_profile
+from cfcl.cli import entry_point, profile_of, profile_parser
+from cfcl.config import UNET_DECODER_CHANNELS, Profile
 from cfcl.data import ChestSplit, data_run, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
@@ -466,16 +466,13 @@ def read_losses(profile: Profile, method: str):
     return pd.read_csv(pretrain_run(profile, method).require().artifact("losses.csv"))
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m cfcl.pretrain",
-                                 description="Dense (counterfactual) contrastive pre-training of a U-Net.")
-    ap.add_argument("--profile", default="cpu")
+    ap = profile_parser("python -m cfcl.pretrain", "Dense (counterfactual) contrastive pre-training of a U-Net.",
+                        set_help="settings, e.g. pretrain.steps=100 pretrain.cf_source=oracle")
     ap.add_argument("--method", required=True, choices=[m for m in METHODS if METHODS[m].pretrained])
-    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="settings, e.g. pretrain.steps=100 pretrain.cf_source=oracle")
-    ap.add_argument("--variant", default="")
     args = ap.parse_args(argv)
-    profile = get_profile(args.profile, args.overrides, args.variant)
+    profile = profile_of(args)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
