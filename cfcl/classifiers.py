@@ -66,6 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
@@ -434,20 +435,14 @@ def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")
     return out[["predictor", "split", "images", "parent", "accuracy", "roc_auc", "n", "positives"]]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """``python -m cfcl.classifiers --profile cpu [--set ...]``: train (or verify) the parent predictors."""
-    import argparse
-
-    from cfcl.config import get_profile
-
-    parser = argparse.ArgumentParser(prog="python -m cfcl.classifiers", description="Train the parent predictors.")
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--variant", default="")
+    parser = profile_parser("python -m cfcl.classifiers", "Train the parent predictors.")
     parser.add_argument("--role", default="teacher", choices=list(ROLES),
                         help="teacher: taught counterfactual fine-tuning; judge: measures effectiveness")
     args = parser.parse_args(argv)
-    run = train_classifiers(get_profile(args.profile, args.overrides, args.variant), role=args.role)
+    run = train_classifiers(profile_of(args), role=args.role)
     print(f"parent predictors ({args.role}): {run.folder}")
 
 

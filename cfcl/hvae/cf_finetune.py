@@ -63,6 +63,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
@@ -405,23 +406,17 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     return run
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
-    import argparse
-
-    from cfcl.config import get_profile
-
-    ap = argparse.ArgumentParser(prog="python -m cfcl.hvae.cf_finetune", description=main.__doc__)
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--variant", default="")
+    ap = profile_parser("python -m cfcl.hvae.cf_finetune", main.__doc__)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = finetune_counterfactuals(get_profile(args.profile, args.overrides, args.variant), max_steps=args.max_steps)
+    run = finetune_counterfactuals(profile_of(args), max_steps=args.max_steps)
     print(f"counterfactual HVAE run: {run.folder}" + ("" if run.is_finished() else " (unfinished)"))
 
 
