@@ -20,9 +20,12 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   is the spread one pre-training run leaves in every other one-run comparison (an interval covering 0
   is the expected verdict; its width is the noise floor of the ablations above), and each method against
   None in both replicates says whether its verdict survives a new pre-training seed;
-- ``length``: DVD-CL with exact counterfactuals after a third of, as many as, and three times the
-  profile's pre-training steps (100, 300, 900 at `cpu`) against None: the pre-training-length curve
-  the profile's length is chosen from.
+- ``length``: DVD-CL with exact counterfactuals after a third of, as many as, three times and nine times
+  the profile's pre-training steps (100, 300, 900, 2,700 at `cpu`) against None, and VADeR (dense
+  contrastive pre-training without counterfactual views; its runs ignore ``pretrain.cf_source``, so its
+  300-step arm is the profile's VADeR) beside it from the profile's length on: the pre-training-length
+  curve, with the control that tells whether length helps counterfactual views or dense pre-training in
+  general (DVD-CL - None, VADeR - None, DVD-CL - VADeR at each length).
 - ``low_label``: fine-tuning on 10 annotated images per fold (3 healthy + 7 effusion, drawn from the fold's
   training folds, :func:`cfcl.finetune.training_images`) against all of them (56 per fold at `cpu`), for
   the same number of optimiser steps (``finetune.epochs`` scaled, 140 steps at `cpu`): whether pre-training
@@ -37,12 +40,19 @@ Arms with the same overrides are one run (the dose's g=0 is the ``identity`` sou
 Statistics (:func:`contrasts`): per contrast the paired per-image difference on the held-out test
 split (restricted to ``cell`` where given), on DSC, DSC of the effusion images and the hidden-lung
 recall, each ablation one family (intervals at the Bonferroni level, Holm-adjusted Wilcoxon p,
-verdicts as for the claims, :func:`cfcl.stats.contrast_family`). Direction: ``a`` is expected ahead.
+Hodges-Lehmann estimate, verdicts as for the claims, :func:`cfcl.stats.contrast_family`). Direction: ``a``
+is expected ahead. :func:`arm_means` gives each (method, arm) its pre-training ``steps`` and its number of
+(pre-training replicate, fine-tuning seed) pairs ``seeds``.
+
+What the statistics stand on is written next to them: :func:`per_image` (what notebook 07 reads) writes
+``figures/<label>/ablations/<name>_per_image.csv``, one row per (arm, method, replicate, seed, test image
+of the ablation's cell), each metric the mean over that pair's folds (4 decimals); :func:`tables_from_csv`
+reads it back into the tables :func:`contrasts` and :func:`arm_means` take.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # plain Python at import: the Makefile asks `python3 -m cfcl.ablations plan`
@@ -52,8 +62,9 @@ if TYPE_CHECKING:  # plain Python at import: the Makefile asks `python3 -m cfcl.
 @dataclass(frozen=True)
 class Ablation:
     """``arms``: arm name -> overrides (``""``: the profile's default run); ``methods``: the methods
-    fine-tuned in every arm; ``contrasts``: (method a, arm a, method b, arm b) pairs to decide;
-    ``cell``: restrict the test images to (scanner, effusion), or None for all."""
+    fine-tuned in every arm, unless ``arm_methods`` names an arm's own (a subset); ``contrasts``: (method a,
+    arm a, method b, arm b) pairs to decide; ``cell``: restrict the test images to (scanner, effusion), or
+    None for all."""
 
     name: str
     title: str
@@ -61,6 +72,11 @@ class Ablation:
     methods: tuple[str, ...]
     contrasts: tuple[tuple[str, str, str, str], ...]
     cell: tuple[int, int] | None = None
+    arm_methods: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def methods_of(self, arm: str) -> tuple[str, ...]:
+        """The methods fine-tuned in ``arm``."""
+        return self.arm_methods.get(arm, self.methods)
 
 
 #: The low-label regime: images each fold fine-tunes on (the claims issue: 3 healthy + 7 effusion).
@@ -92,10 +108,15 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              {"r0": "", "r1": "pretrain.replicate=1"}, ("none", "dvd_cl", "s_mvd_cl"),
              (("dvd_cl", "r1", "dvd_cl", "r0"), ("s_mvd_cl", "r1", "s_mvd_cl", "r0"),
               *((m, r, "none", r) for m in ("dvd_cl", "s_mvd_cl") for r in ("r0", "r1")))),
-    Ablation("length", "Pre-training length (DVD-CL, exact counterfactuals) against None",
+    Ablation("length", "Pre-training length (DVD-CL with exact counterfactuals, VADeR) against None",
              {"third": "pretrain.cf_source=oracle pretrain.steps={steps_third}", "profile": "pretrain.cf_source=oracle",
-              "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}"},
-             ("none", "dvd_cl"), tuple(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple"))),
+              "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}",
+              "ninefold": "pretrain.cf_source=oracle pretrain.steps={steps_9x}"},
+             ("none", "dvd_cl", "vader"),
+             (*(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple", "ninefold")),
+              *(("vader", arm, "none", arm) for arm in ("profile", "triple", "ninefold")),
+              *(("dvd_cl", arm, "vader", arm) for arm in ("profile", "triple", "ninefold"))),
+             arm_methods={"third": ("none", "dvd_cl")}),
     Ablation("low_label", "Ten labels per fold (3 healthy + 7 effusion) against all of them",
              {"all": "", "ten": f"finetune.train_healthy={LOW_LABEL[0]} finetune.train_effusion={LOW_LABEL[1]} "
                                 "finetune.epochs={epochs_low}"},
@@ -117,13 +138,13 @@ def _steps_per_epoch(n: int, batch: int) -> int:
 
 
 def _resolve(over: str, profile) -> str:
-    """An arm's overrides for ``profile``: ``{steps_third}`` and ``{steps_triple}`` become a third of and
-    three times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
+    """An arm's overrides for ``profile``: ``{steps_third}``, ``{steps_triple}`` and ``{steps_9x}`` become a
+    third of, three and nine times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
     low-label arm (:data:`LOW_LABEL` images per fold) the profile's number of optimiser steps."""
     steps, d, ft = profile.pretrain.steps, profile.data, profile.finetune
     n_full = (d.n_annotated_healthy + d.n_annotated_effusion) * (ft.folds - 1) // ft.folds
     per_epoch = _steps_per_epoch(n_full, ft.batch_size), _steps_per_epoch(sum(LOW_LABEL), ft.batch_size)
-    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps,
+    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps, steps_9x=9 * steps,
                        epochs_low=max(1, round(ft.epochs * per_epoch[0] / per_epoch[1])))
 
 
@@ -138,8 +159,9 @@ def _arms(profile, names: list[str] | None = None) -> dict[str, tuple[str, set[s
             variants.setdefault(_resolve(over, profile), prefix + arm_variant(ab.name, arm) if over else profile.variant)
     out: dict[str, tuple[str, set[str]]] = {}
     for ab in (ABLATIONS[n] for n in (names or ABLATIONS)):
-        for over in (_resolve(o, profile) for o in ab.arms.values()):
-            out[over] = (variants[over], out.get(over, ("", set()))[1] | set(ab.methods))
+        for arm, o in ab.arms.items():
+            over = _resolve(o, profile)
+            out[over] = (variants[over], out.get(over, ("", set()))[1] | set(ab.methods_of(arm)))
     return out
 
 
@@ -172,7 +194,7 @@ def available(profile) -> tuple[list[str], dict[str, str]]:
 
     done, missing = [], {}
     for name, ab in ABLATIONS.items():
-        if all(run.is_finished() for arm in ab.arms for m in ab.methods
+        if all(run.is_finished() for arm in ab.arms for m in ab.methods_of(arm)
                for run in finetune_runs(arm_profile(profile, name, arm), m)):
             done.append(name)
         else:
@@ -180,17 +202,20 @@ def available(profile) -> tuple[list[str], dict[str, str]]:
     return done, missing
 
 
-def per_image(profile, ablation: str) -> dict[tuple[str, str], pd.DataFrame]:
+def per_image(profile, ablation: str, write: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
     """Per-image test metrics (:func:`cfcl.results.test_per_image`, mean over the fold models) of every
     (method, arm) of ``ablation``, restricted to its ``cell``; an error names the command when an arm's
-    runs are missing."""
+    runs are missing. Each table's ``attrs`` hold ``steps`` (the arm's pre-training steps) and ``seeds``
+    (its (pre-training replicate, fine-tuning seed) pairs). With ``write`` and a labelled test split, also
+    writes ``figures/<label>/ablations/<ablation>_per_image.csv`` (the module docstring)."""
     import numpy as np
+    import pandas as pd
 
     from cfcl.data import load_split
-    from cfcl.results import changed_regions, test_per_image
+    from cfcl.results import changed_regions, model_metrics, run_table, test_per_image, write_runs
 
     ab = ABLATIONS[ablation]
-    out = {}
+    out, runs = {}, []
     for arm in ab.arms:
         prof = arm_profile(profile, ablation, arm)
         regions = changed_regions(prof)
@@ -198,9 +223,45 @@ def per_image(profile, ablation: str) -> dict[tuple[str, str], pd.DataFrame]:
         if ab.cell is not None:
             par = load_split(prof, "test").parents
             keep = np.flatnonzero((par["scanner"].to_numpy() == ab.cell[0]) & (par["effusion"].to_numpy() == ab.cell[1]))
-        for m in ab.methods:
-            t = test_per_image(prof, m, regions)
-            out[(m, arm)] = t if keep is None else t.loc[t.index.intersection(keep)]
+        labelled = load_split(prof, "test").gold is not None
+        for m in ab.methods_of(arm):
+            models = model_metrics(prof, m, regions) if labelled else None
+            t = test_per_image(prof, m, regions, models=models)
+            t = t if keep is None else t.loc[t.index.intersection(keep)]
+            r = None
+            if models is not None:
+                r = run_table({m: models})
+                r = (r if keep is None else r[r["image"].isin(keep)]).copy()
+                r.insert(0, "steps", prof.pretrain.steps)
+                r.insert(0, "arm", arm)
+                runs.append(r)
+            t.attrs.update(steps=prof.pretrain.steps,
+                           seeds=len(r[["replicate", "seed"]].drop_duplicates()) if r is not None else np.nan)
+            out[(m, arm)] = t
+    if write and runs:
+        write_runs(pd.concat(runs, ignore_index=True), profile, f"ablations/{ablation}_per_image")
+    return out
+
+
+def tables_from_csv(path) -> dict[tuple[str, str], pd.DataFrame]:
+    """The per-image tables of an ablation (as :func:`per_image` returns them) from its committed
+    ``<name>_per_image.csv`` alone: per (method, arm) the mean over its (replicate, seed) rows, with
+    ``attrs`` ``steps`` and ``seeds``; a missing column is an error naming the file."""
+    import pandas as pd
+
+    from cfcl.claims import RUN_COLUMNS, tables_from_runs
+
+    t = pd.read_csv(path)
+    missing = [c for c in ("arm", "steps", *RUN_COLUMNS) if c not in t]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} missing; write it again with cfcl.ablations.per_image")
+    out = {}
+    for arm, g in t.groupby("arm", sort=False):
+        tables, _ = tables_from_runs(g.drop(columns=["arm", "steps"]))
+        for m, table in tables.items():
+            rows = g[g["method"] == m]
+            table.attrs.update(steps=int(rows["steps"].iloc[0]), seeds=len(rows[["replicate", "seed"]].drop_duplicates()))
+            out[(m, str(arm))] = table
     return out
 
 
@@ -208,8 +269,10 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
               n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
     """The contrasts of ``ablation`` on per-image ``tables`` (:func:`per_image`), one family over all
     contrasts x ``metrics`` (a metric a table lacks, or with fewer than 2 paired images, is left out).
-    Columns ``ablation``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high`` (x 100),
-    ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable``, ``sd``, ``level``."""
+    Columns ``ablation``, ``contrast``, ``metric``, ``estimate``, ``ci_low``, ``ci_high``, ``hl`` (x 100),
+    ``p``, ``p_holm``, ``verdict``, ``n``, ``detectable``, ``sd``, ``level``, then ``a``, ``arm_a``, ``b``,
+    ``arm_b`` (the methods and arms compared) and ``steps`` (arm a's pre-training steps, from the tables'
+    ``attrs``; nan where they do not say)."""
     import pandas as pd
 
     from cfcl import stats
@@ -225,17 +288,23 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
             pair = paired(tables[(ma, arm_a)], tables[(mb, arm_b)], metric)
             if pair is None:
                 continue
-            kept.append((f"{METHODS[ma].display} [{arm_a}] - {METHODS[mb].display} [{arm_b}]", metric))
+            kept.append((f"{METHODS[ma].display} [{arm_a}] - {METHODS[mb].display} [{arm_b}]", metric,
+                         {"a": ma, "arm_a": arm_a, "b": mb, "arm_b": arm_b,
+                          "steps": tables[(ma, arm_a)].attrs.get("steps", float("nan"))}))
             pairs.append((*pair, 1))
     rows = stats.contrast_family(pairs, n_boot=n_boot, seed=seed)
-    columns = ["ablation", "contrast", "metric", "estimate", "ci_low", "ci_high", "p", "p_holm", "verdict", "n",
-               "detectable", "sd", "level"]
-    return pd.DataFrame([{"ablation": ablation, "contrast": c, "metric": m, **r} for (c, m), r in zip(kept, rows)],
-                        columns=columns)
+    columns = ["ablation", "contrast", "metric", "estimate", "ci_low", "ci_high", "hl", "p", "p_holm", "verdict", "n",
+               "detectable", "sd", "level", "a", "arm_a", "b", "arm_b", "steps"]
+    return pd.DataFrame([{"ablation": ablation, "contrast": c, "metric": m, **r, **extra}
+                         for (c, m, extra), r in zip(kept, rows)], columns=columns)
 
 
 def arm_means(tables: dict[tuple[str, str], pd.DataFrame], metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
-    """Mean per-image metric (x 100) of every (method, arm), with ``n`` test images."""
+    """Mean per-image metric (x 100) of every (method, arm), with its pre-training ``steps`` (the arm's;
+    None pre-trains nothing and its rows repeat one run), ``seeds`` (its (pre-training replicate,
+    fine-tuning seed) pairs) and ``n`` test images: columns ``method``, ``arm``, ``steps``, ``seeds``,
+    ``n``, then the metrics. ``steps`` and ``seeds`` come from the tables' ``attrs`` (:func:`per_image`,
+    :func:`tables_from_csv`), nan where they do not say."""
     import numpy as np
     import pandas as pd
 
@@ -243,7 +312,8 @@ def arm_means(tables: dict[tuple[str, str], pd.DataFrame], metrics: tuple[str, .
 
     rows = []
     for (m, arm), t in tables.items():
-        row = {"method": m, "arm": arm, "n": len(t)}
+        row = {"method": m, "arm": arm, "steps": t.attrs.get("steps", np.nan), "seeds": t.attrs.get("seeds", np.nan),
+               "n": len(t)}
         for metric in metrics:
             if metric == "dsc_pe" or metric in t:
                 row[metric] = 100 * float(np.nanmean(_metric(t, metric))) if len(_metric(t, metric)) else np.nan

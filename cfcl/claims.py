@@ -4,7 +4,8 @@ Each claim of the paper that compares pre-training methods becomes one or more c
 ``a - b`` on one per-image metric, in the direction the paper states. All contrasts of a table
 form one family: intervals at the Bonferroni level and Holm-adjusted p-values over the family
 (:func:`cfcl.stats.contrast_family`), and a verdict per contrast (``holds``, ``contradicted``,
-``inconclusive``: the interval and the Holm-adjusted Wilcoxon test must agree). Estimates are in the metric's unit times 100 (DSC points, recall points).
+``inconclusive``: the interval, the Holm-adjusted Wilcoxon test and the sign of the Hodges-Lehmann
+estimate must agree). Estimates are in the metric's unit times 100 (DSC points, recall points).
 
 The seed spread: per image, the metric is averaged over the fine-tuning seeds before the contrast, so
 the interval is over images. With several seeds, each contrast is also estimated on every seed's
@@ -141,11 +142,13 @@ def run_arrays(runs: pd.DataFrame, c: Contrast) -> tuple[np.ndarray, np.ndarray]
             t = t[t["effusion"] == 1]
         if t.empty:
             return None
-        g = t.pivot_table(index=["replicate", "seed"], columns="image", values=col, aggfunc="mean", dropna=False)
-        reps, seeds = sorted(set(g.index.get_level_values(0))), sorted(set(g.index.get_level_values(1)))
-        if len(g) != len(reps) * len(seeds):
-            raise ValueError(f"per-run table: method {m} has (replicate, seed) pairs {list(g.index)}, not every "
+        pairs = t[["replicate", "seed"]].drop_duplicates()
+        reps, seeds = sorted(set(pairs["replicate"])), sorted(set(pairs["seed"]))
+        if len(pairs) != len(reps) * len(seeds):
+            have = sorted(map(tuple, pairs.to_numpy().tolist()))
+            raise ValueError(f"per-run table: method {m} has (replicate, seed) pairs {have}, not every "
                              f"replicate with the same seeds {seeds}; make the missing fine-tuning runs")
+        g = t.pivot_table(index=["replicate", "seed"], columns="image", values=col, aggfunc="mean", dropna=False)
         grids.append((g.reindex(pd.MultiIndex.from_product([reps, seeds])), len(reps), len(seeds)))
     images = grids[0][0].columns.intersection(grids[1][0].columns)
     values = [g[images].to_numpy(float) for g, _, _ in grids]

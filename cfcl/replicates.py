@@ -11,7 +11,10 @@ fine-tuning seeds); None, which pre-trains nothing, is one run for all.
 The results (:func:`cfcl.results.test_per_image`) then average every image's metric over all
 ``R x finetune.seeds x folds`` fine-tuned models, and the claims (:func:`cfcl.claims.decide`) estimate each
 contrast on every (replicate, fine-tuning seed) alone too: a verdict other than inconclusive needs every
-one of them on its side of 0. ``pretrain.seeds`` never enters a run's key.
+one of them on its side of 0; beside that verdict, ``run_ci_low``/``run_ci_high`` and ``run_verdict`` come from a
+bootstrap over the replicates, the fine-tuning seeds nested within them and the images
+(:func:`cfcl.stats.two_level_ci`), the interval that contains the pre-training spread. ``pretrain.seeds`` never
+enters a run's key.
 
 ``make reproduce`` makes the replicates beyond the profile's own first, each as a variant restricted to
 the pre-trained methods (:func:`plan`; ``python -m cfcl.replicates plan PROFILE -- OVERRIDES``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import sys
 
+from cfcl.cli import entry_point
 from cfcl.config import Profile, get_profile
 
 
@@ -51,6 +55,7 @@ def plan(profile: Profile, methods: tuple[str, ...] | None = None) -> list[tuple
     return [(p.variant, " ".join(p.overrides), " ".join(rows)) for p in replicate_profiles(profile)[1:]] if rows else []
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """``python -m cfcl.replicates plan PROFILE [-- OVERRIDES [variant=V] [only=m1,m2]]``: one line per
     replicate to make, ``variant|overrides|methods`` (none with ``pretrain.seeds = 1``)."""

@@ -9,13 +9,22 @@ on the held-out test split, balanced over scanner x effusion, DSC per (scanner, 
 cell, and the consistency of each fine-tuned model under do(scanner) and do(effusion): the
 Dice between the prediction on x and on its counterfactual, restricted to the pixels whose
 anatomy did not change (outside the effusion region of either image).
+
+What the claims stand on is written next to them: :func:`per_image_tables` (what notebook 06 reads)
+writes ``figures/<label>/table2_test_per_image.csv``, one row per (method, pre-training replicate,
+fine-tuning seed, test image) with each metric the mean over that pair's fold models
+(:data:`cfcl.claims.RUN_COLUMNS`, 4 decimals), so ``claims.csv`` can be recomputed from committed files
+(:func:`cfcl.claims.recompute_claims`).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cfcl import metrics
+from cfcl.claims import RUN_COLUMNS, PerSeed
 from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
 from cfcl.finetune import fold_metrics, fold_runs, load_fold
@@ -204,25 +213,62 @@ def _cv_per_image(profile: Profile, method: str, seed: int | None = None,
 
 
 def per_image_by_seed(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None,
-                      models: dict[str, pd.DataFrame] | None = None) -> list[dict[str, pd.DataFrame]] | None:
+                      models: dict[str, pd.DataFrame] | None = None) -> PerSeed | None:
     """The per-image tables of ``methods`` (:func:`test_per_image`) on each (pre-training replicate,
     fine-tuning seed) alone: the seed spread the claims check (:func:`cfcl.claims.decide`'s ``per_seed``);
-    None with a single one. ``models``: :func:`model_metrics` per method, already computed."""
+    None with a single one. ``models``: :func:`model_metrics` per method, already computed. A
+    :class:`cfcl.claims.PerSeed` list: its ``runs`` (:func:`run_table`, None without a labelled test split)
+    gives the claims their two-level interval."""
     reps = [p.pretrain.replicate for p in replicate_profiles(profile)]
     combos = [(r, s) for r in reps for s in range(profile.finetune.seeds)]
     if len(combos) < 2:
         return None
     models = _all_model_metrics(profile, methods, regions, models)
-    return [{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None,
-                               models=models.get(m)) for m in methods} for r, s in combos]
+    return PerSeed([{m: test_per_image(profile, m, regions, seed=s, replicate=r if METHODS[m].pretrained else None,
+                                       models=models.get(m)) for m in methods} for r, s in combos],
+                   run_table(models) if models else None)
 
 
-def per_image_tables(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None
-                     ) -> tuple[dict[str, pd.DataFrame], list[dict[str, pd.DataFrame]] | None]:
+def run_table(models: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (method, pre-training replicate, fine-tuning seed, test image) from each method's
+    :func:`model_metrics`: each metric the mean over that pair's folds, columns
+    :data:`cfcl.claims.RUN_COLUMNS` (``hidden_recall`` nan where there are no changed regions)."""
+    tables = []
+    for m, t in models.items():
+        cols = [c for c in RUN_COLUMNS[4:] if c in t]
+        g = t.groupby(["replicate", "seed", "image"], sort=True)[cols].mean().reset_index()
+        g.insert(0, "method", m)
+        tables.append(g)
+    out = pd.concat(tables, ignore_index=True)
+    for c in RUN_COLUMNS:
+        if c not in out:
+            out[c] = np.nan
+    out["effusion"] = out["effusion"].round().astype(int)
+    return out[list(RUN_COLUMNS)]
+
+
+def write_runs(runs: pd.DataFrame, profile: Profile, stem: str) -> Path:
+    """``figures/<label>/<stem>.csv`` from a long per-run table, floats to 4 decimals (1/100 of a DSC
+    point: a few MB for thousands of images x dozens of runs), written atomically."""
+    from cfcl.outputs import figure_path
+    from cfcl.paths import atomic_path
+
+    path = figure_path(profile, f"{stem}.csv")
+    with atomic_path(path) as tmp:
+        runs.to_csv(tmp, index=False, float_format="%.4f")
+    return path
+
+
+def per_image_tables(profile: Profile, methods: tuple[str, ...], regions: np.ndarray | None = None,
+                     write: bool = True) -> tuple[dict[str, pd.DataFrame], PerSeed | None]:
     """What the claims read: :func:`test_per_image` of every method (over all its models) and
-    :func:`per_image_by_seed`, with each model's metrics computed once (:func:`model_metrics`)."""
+    :func:`per_image_by_seed`, with each model's metrics computed once (:func:`model_metrics`). With
+    ``write`` and a labelled test split, also writes what they stand on,
+    ``figures/<label>/table2_test_per_image.csv`` (:func:`run_table`, :func:`write_runs`)."""
     models = _all_model_metrics(profile, methods, regions)
     per_image = {m: test_per_image(profile, m, regions, models=models.get(m)) for m in methods}
+    if write and models:
+        write_runs(run_table(models), profile, "table2_test_per_image")
     return per_image, per_image_by_seed(profile, methods, regions, models=models)
 
 

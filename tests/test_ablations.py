@@ -20,7 +20,12 @@ def test_plan_runs_each_distinct_arm_once_with_the_union_of_its_methods():
     assert arms[""] == ("", ["none", "dvd_cl", "chexmask", "s_mvd_cl"])  # the profile's own run
     assert arms["pretrain.cf_source=oracle"] == ("abl-cf_source-oracle", ["none", "vader", "dvd_cl", "s_mvd_cl"])
     assert arms["pretrain.cf_source=oracle pretrain.steps=100"][0] == "abl-length-third"  # a third of 300
-    assert "pretrain.cf_source=oracle pretrain.steps=900" in arms
+    # the length curve: VADeR beside DVD-CL from the profile's length on (900, 2,700 steps; its 300-step runs
+    # are the profile's, which ignore cf_source), the existing arms' overrides (and so run keys) unchanged
+    assert arms["pretrain.cf_source=oracle pretrain.steps=100"] == ("abl-length-third", ["none", "dvd_cl"])
+    assert arms["pretrain.cf_source=oracle pretrain.steps=900"] == ("abl-length-triple", ["none", "vader", "dvd_cl"])
+    assert arms["pretrain.cf_source=oracle pretrain.steps=2700"] == ("abl-length-ninefold", ["none", "vader", "dvd_cl"])
+    assert ab.arm_profile(get_profile("cpu"), "length", "ninefold").pretrain.steps == 2700
     assert arms["pretrain.replicate=1"] == ("abl-replicate-r1", ["none", "dvd_cl", "s_mvd_cl"])
     # the low-label arm: 10 images per fold for as many optimiser steps as 56 (7 steps per epoch x 20 -> 2 x 70)
     assert arms["finetune.train_healthy=3 finetune.train_effusion=7 finetune.epochs=70"] == (
@@ -80,3 +85,54 @@ def test_a_cell_of_effusion_images_is_not_counted_twice():
          for m in ("none", "vader", "dvd_cl") for arm in ("or1", "real", "or20")}
     res = ab.contrasts(t, "confounding", n_boot=500)
     assert set(res["metric"]) == {"dsc"} and len(res) == 6 and (res["level"] == 1 - 0.05 / 6).all()
+
+
+def _arm_runs(rng, arm, steps, gains, n=40, seeds=3):
+    """A synthetic ``<name>_per_image.csv`` part: one arm, each method's (replicate, seed) runs."""
+    eff = np.arange(n) % 2
+    rows = []
+    for m, (g, reps) in gains.items():
+        for r in range(reps):
+            for s in range(seeds):
+                dsc = 0.85 + g + rng.normal(0, 0.01, n)
+                rows.append(pd.DataFrame({"arm": arm, "steps": steps, "method": m, "replicate": r, "seed": s,
+                                          "image": np.arange(n), "effusion": eff, "dsc": dsc, "hd95": 2.0, "asd": 1.0,
+                                          "hidden_recall": np.where(eff == 1, 0.7 + g, np.nan)}))
+    return rows
+
+
+def test_length_arms_have_steps_and_seeds_and_its_curve_is_plotted(tmp_path):
+    """On synthetic arms written as per_image writes them: the length table's columns (steps, seeds: the
+    (replicate, seed) pairs of each method), its ten contrasts with their arm's steps, and the plot."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for arm, steps, g in (("third", 100, -0.01), ("profile", 300, 0.0), ("triple", 900, 0.005), ("ninefold", 2700, 0.01)):
+        gains = {"none": (0.0, 1), "dvd_cl": (g, 1)}
+        if arm != "third":
+            gains["vader"] = (g / 2, 1)
+        rows += _arm_runs(rng, arm, steps, gains)
+    path = tmp_path / "length_per_image.csv"
+    pd.concat(rows, ignore_index=True).to_csv(path, index=False, float_format="%.4f")
+    tables = ab.tables_from_csv(path)
+    assert set(tables) == {(m, a) for a in ("third", "profile", "triple", "ninefold") for m in ab.ABLATIONS["length"].methods_of(a)}
+    means = ab.arm_means(tables)
+    assert {"method", "steps", "seeds", "n", "dsc", "dsc_pe", "hidden_recall"} <= set(means)
+    m = means.set_index(["method", "steps"])
+    assert m.loc[("dvd_cl", 2700), "seeds"] == 3 and m.loc[("vader", 900), "n"] == 40
+    assert m.loc[("dvd_cl", 2700), "dsc"] == pytest.approx(86.0, abs=0.5)
+    res = ab.contrasts(tables, "length", n_boot=500)
+    assert len(res) == 10 * 3 and (res["level"] == 1 - 0.05 / 30).all()
+    gap = res[(res["a"] == "dvd_cl") & (res["b"] == "none") & (res["metric"] == "dsc")].set_index("steps")
+    assert list(gap.index) == [100, 300, 900, 2700]
+    assert gap.loc[2700, "estimate"] == pytest.approx(1.0, abs=0.3) and gap.loc[100, "verdict"] == "contradicted"
+    assert set(res.loc[res["a"] == "vader", "steps"]) == {300, 900, 2700}
+
+    import matplotlib.pyplot as plt
+
+    from cfcl.plots.ablations import plot_length
+
+    fig = plot_length(res, "length")
+    axes = fig.axes
+    assert len(axes) == 3 and all(ax.get_xscale() == "log" for ax in axes)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["DVD-CL", "VADeR"]
+    plt.close(fig)
