@@ -31,7 +31,7 @@ from cfcl.hvae import HVAE, counterfactual_model_run, elbo_only, load_counterfac
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path, runs_dir
 from cfcl.progress import tqdm
-from cfcl.runs import Run
+from cfcl.runs import Run, reserve
 
 ARRAY_NAME = "counterfactuals.npy"
 
@@ -129,6 +129,7 @@ def _generate(profile: Profile, run: Run, split: str, progress: bool, t: float, 
             np.save(f, cf)
     with atomic_path(run.path(ARRAY_NAME)) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, len(INTERVENTIONS), H, W))
+        reserve(tmp)  # a full disk is an error naming the file now, not a SIGBUS through the map
         for lo, hi in bounds:
             out[lo:hi] = np.load(run.path(_batch_name(lo, hi)))
         out.flush()

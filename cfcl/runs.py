@@ -36,9 +36,11 @@ Every mismatch is :class:`ArtifactError`, naming the file and the command that r
 
 **Writing.** Every file is written through :func:`cfcl.paths.atomic_path` (a temporary file, renamed
 on success; a full disk is a :class:`cfcl.paths.WriteError` naming the file, with nothing partial
-kept). Checkpoints go through :func:`save_checkpoint` and ``.npz`` archives through
-:func:`save_arrays`, whose bytes are a function of their content only (no file name, no time stamp),
-so a run remade with the same settings on the same machine has the same digests.
+kept; a file written through a memory map is first allocated, :func:`reserve`). Checkpoints go
+through :func:`save_checkpoint` and ``.npz`` archives through :func:`save_arrays`, whose bytes are a
+function of their content only (no file name, no time stamp), so a run remade with the same settings
+on the same machine has the same digests. A partial artifact is reused on resume only when every
+member reads back (:func:`archive_problem`).
 
 **Claiming.** A stage that makes a run holds ``<folder>/.lock`` (``fcntl.flock``) while it
 works: a second process (or torchrun rank) asking for the same run waits, then finds it
@@ -51,6 +53,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -126,6 +129,21 @@ def save_arrays(path: str | os.PathLike, compressed: bool = False, **arrays: Any
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def reserve(path: str | os.PathLike) -> None:
+    """Allocate the blocks of the file ``path`` up to its size (``posix_fallocate``), so that a full disk is an
+    ``OSError`` here (a :class:`cfcl.paths.WriteError` inside :func:`cfcl.paths.atomic_path`), not a ``SIGBUS``
+    that kills the process later while a memory map writes into a sparse file. A file system that cannot
+    allocate ahead is left as it is."""
+    import errno
+
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(1, os.fstat(f.fileno()).st_size))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
 
 
 def archive_problem(path: str | os.PathLike) -> str | None:
@@ -450,6 +468,8 @@ def verify_folder(folder: str | os.PathLike) -> list[str]:
         meta = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         return [f"{folder / MANIFEST}: {exc}"]
+    if re.fullmatch(r"[0-9a-f]{12}", str(meta.get("key"))) and recorded_key(meta) != meta["key"]:
+        problems.append(f"{folder / MANIFEST}: its recorded settings do not give its key {meta['key']} (edited by hand?)")
     for name, want in meta.get("artifacts", {}).items():
         path = folder / name
         if not path.exists():

@@ -167,6 +167,8 @@ def test_a_hand_edited_setting_is_an_error_naming_the_manifest(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and str(run.manifest_path) in msg and "do not give its key" in msg
     assert "python -m cfcl.stage --x" in msg
+    assert runs.verify_folder(run.folder) == [f"{run.manifest_path}: its recorded settings do not give its key "
+                                              f"{run.key} (edited by hand?)"]
     meta["settings"]["steps"] = 3
     meta["upstream"]["up"]["key"] = "0" * 12  # an edited upstream key is caught too
     run.manifest_path.write_text(json.dumps(meta, indent=1))
@@ -374,3 +376,26 @@ def test_verify_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cfcl.runs", "verify", str(run.folder)], capture_output=True,
                          text=True)
     assert out.returncode == 1 and "model.pt" in out.stdout
+
+
+def test_reserve_allocates_the_file_and_a_full_disk_is_a_write_error(tmp_path, monkeypatch):
+    import numpy as np
+
+    with atomic_path(tmp_path / "cf.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(64, 4096))  # sparse
+        runs.reserve(tmp)
+        assert os.stat(tmp).st_blocks * 512 >= os.stat(tmp).st_size
+        out[:] = 7
+        out.flush()
+        del out
+    assert np.load(tmp_path / "cf.npy").sum() == 7 * 64 * 4096
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(WriteError, match=r"could not write .*big\.npy: the disk may be full"):
+        with atomic_path(tmp_path / "big.npy") as tmp:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(64, 4096))
+            runs.reserve(tmp)
+    assert sorted(os.listdir(tmp_path)) == ["cf.npy"]
