@@ -78,6 +78,9 @@ class DataConfig:
     chexmask_csv: str | None = setting(None)
     gold_masks: str | None = setting(None)
     chexmask_min_dice_rca: float = setting(0.8, lo=0.0, hi=1.0)
+    allow_short_split: bool = setting(False, doc="padchest: accept a split smaller than its size setting, or "
+                                      "one missing a value of a parent, with a warning (default: refused); "
+                                      "not in the data key at False")
 
 
 @dataclass(frozen=True)

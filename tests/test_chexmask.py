@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cfcl.data import DataWarning
 from cfcl.data import chexmask as cm
 
 
@@ -96,9 +97,12 @@ def test_read_csv_row_label_map_and_quality_filter(tmp_path):
     rows = [["a.png", 0.91, 0.95, "[]", cm.rle_encode(left), cm.rle_encode(right), "", h, w],
             ["b.png", 0.79, 0.85, "[]", "", "", "", h, w],
             ["c.png", float("nan"), 0.9, "[]", "", "", "", h, w],
-            ["a.png", 0.10, 0.10, "[]", "", "", "", h, w]]  # duplicate: first row kept
-    df = cm.read_chexmask(_csv(tmp_path, rows))
+            ["a.png", 0.10, 0.10, "[]", "", "", "", h, w]]  # duplicate: first row kept, counted
+    with pytest.warns(DataWarning, match=r"Padchest\.csv: 1 rows repeat an ImageID .*'a\.png'"):
+        df = cm.read_chexmask(_csv(tmp_path, rows))
     assert list(df.index) == ["a.png", "b.png", "c.png"]
+    empty = cm.empty_lungs(df)
+    assert empty.loc["a.png"].tolist() == [False, False] and empty.loc["b.png"].tolist() == [True, True]
     assert "Landmarks" not in df.columns and "Heart" not in df.columns
     assert list(cm.quality_filter(df, 0.8).index) == ["a.png"]
     assert list(cm.quality_filter(df, 0.79).index) == ["a.png", "b.png"]

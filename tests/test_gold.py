@@ -90,3 +90,26 @@ def test_empty_mask_is_refused_naming_the_file(tmp_path):
     one_lung[1:5, 1:3] = 1
     gd.write_gold_mask(path, one_lung)
     np.testing.assert_array_equal(gd.read_gold_mask(path), one_lung)
+
+
+def test_exchanged_lung_labels_are_refused_naming_the_file(tmp_path):
+    """Label 1 (the patient's right lung) is on the image's left (radiological view); a mask made
+    in the anatomical convention has 1 and 2 exchanged and is refused, naming the file."""
+    lab = np.zeros((10, 20), np.uint8)
+    lab[2:8, 2:8], lab[2:8, 12:18] = 1, 2
+    path = tmp_path / "m.png"
+    gd.write_gold_mask(path, lab)
+    np.testing.assert_array_equal(gd.read_gold_mask(path), lab)
+    gd.write_gold_mask(path, np.select([lab == 1, lab == 2], [2, 1], 0))
+    with pytest.raises(ValueError, match=r"gold mask .*m\.png: label 1 lies right of label 2 .*exchanged"):
+        gd.read_gold_mask(path)
+    assert gd.read_gold_mask(path, sides=False).max() == 2  # read anyway for inspection
+    # one lung only: it must lie on its own half
+    gd.write_gold_mask(path, np.where(lab == 2, 2, 0))
+    assert gd.read_gold_mask(path).max() == 2
+    gd.write_gold_mask(path, np.where(lab == 1, 2, 0))
+    with pytest.raises(ValueError, match=r"m\.png: its only lung, label 2, lies on the image's left half"):
+        gd.read_gold_mask(path)
+    # agreement with another label map of the same image: same sides, or exchanged
+    assert gd.side_agreement(lab, lab) == (1.0, 0.0)
+    assert gd.side_agreement(lab, np.select([lab == 1, lab == 2], [2, 1], 0)) == (0.0, 1.0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cfcl.config import DataConfig, get_profile
+from cfcl.data import DataWarning
 from cfcl.data import chexmask as cm
 from cfcl.data import gold as gd
 from cfcl.data import load_split as dispatch_load_split
@@ -50,11 +52,20 @@ def test_metadata_filter_on_real_column_format(tmp_path):
     df["Report"] = "texto"
     df.to_csv(path, index=False)
     raw = read_metadata(path)
-    out = filter_metadata(raw)
+    # the other scanner is a value the real file does not hold: dropped with a counted warning
+    with pytest.warns(DataWarning, match=r"meta\.csv: 1 rows hold values .*Manufacturer_DICOM 'SiemensHealthineers': 1"):
+        out = filter_metadata(raw)
     assert list(out["ImageID"]) == ["a.png", "b.png", "c.png", "d.png"]
     assert list(out["sex"]) == [0, 1, 1, 0] and list(out["scanner"]) == [1, 0, 1, 1]
     assert list(out["effusion"]) == [0, 1, 0, 0]
-    assert list(filter_metadata(raw, strip_labels=True)["effusion"]) == [0, 1, 1, 0]
+    with pytest.warns(DataWarning):
+        assert list(filter_metadata(raw, strip_labels=True)["effusion"]) == [0, 1, 1, 0]
+    # sex "O", an empty sex cell, the known projections and "PED" are dropped without a warning
+    known = raw[raw["Manufacturer_DICOM"] != "SiemensHealthineers"].copy()
+    known.loc[known.index[0], "PatientSex_DICOM"] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(filter_metadata(known)["ImageID"]) == ["b.png", "c.png", "d.png"]
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -188,8 +199,9 @@ def fake(tmp_path, monkeypatch):
     pd.DataFrame(meta).to_csv(tmp_path / "meta.csv", index=False)
     pd.DataFrame(chex, columns=list(cm.COLUMNS)).to_csv(tmp_path / "Padchest.csv", index=False)
     pd.DataFrame(gold_rows).to_csv(gold_dir / gd.ANNOTATED_INDEX, index=False)
+    # n_pretrain=100 takes every eligible image and only 3 effusion rows are annotated: accepted short
     cfg = DataConfig(source="padchest", image_size=SIZE, n_pretrain=100, n_val=6, n_test=8,
-                     n_annotated_healthy=2, n_annotated_effusion=4, seed=0,
+                     n_annotated_healthy=2, n_annotated_effusion=4, seed=0, allow_short_split=True,
                      padchest_metadata=str(tmp_path / "meta.csv"), padchest_images=str(root),
                      chexmask_csv=str(tmp_path / "Padchest.csv"), gold_masks=str(gold_dir))
     return cfg, truth, tmp_path
@@ -339,7 +351,7 @@ def test_errors_missing_settings_corrupt_png_wrong_size_mask(fake, monkeypatch):
     for sub in (tmp_path / "padchest").iterdir():
         if sub.is_dir():
             (sub / "gold0.png").unlink(missing_ok=True)
-    with pytest.warns(UserWarning), pytest.raises(FileNotFoundError, match="'gold0.png'.*data.padchest_images"):
+    with pytest.raises(FileNotFoundError, match="'gold0.png'.*data.padchest_images"):
         pc.assign_splits(cfg)
 
 

@@ -40,6 +40,11 @@ from cfcl.runs import Run
 SPLITS = ("pretrain", "val", "annotated", "test")
 
 
+class DataWarning(UserWarning):
+    """Input rows a reader dropped (counted, naming the file), or a split accepted short
+    (``data.allow_short_split``): see docs/real_data.md, "Checks on the tables"."""
+
+
 @dataclass
 class ChestSplit:
     """One split of a data source. See the module docstring for the conventions."""

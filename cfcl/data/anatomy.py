@@ -233,7 +233,11 @@ _CACHE: dict[str, ShapeBank] = {}
 def _load_cached(target: Path) -> ShapeBank:
     key = str(target)
     if key not in _CACHE:
-        with np.load(target, allow_pickle=False) as z:
-            _CACHE[key] = ShapeBank(z["sdf"].astype(np.float32), z["extent"], z["aspect"],
-                                    float(z["margin"]), tuple(str(s) for s in z["names"]))
+        try:
+            with np.load(target, allow_pickle=False) as z:
+                _CACHE[key] = ShapeBank(z["sdf"].astype(np.float32), z["extent"], z["aspect"],
+                                        float(z["margin"]), tuple(str(s) for s in z["names"]))
+        except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as exc:
+            raise ValueError(f"the shape bank {target} is damaged ({type(exc).__name__}: {exc}); delete it and it "
+                             "is rebuilt from the lung mask archive on next use (about 10 s)") from exc
     return _CACHE[key]

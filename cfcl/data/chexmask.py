@@ -25,16 +25,23 @@ exactly 1024 x 1024 the row is read as "Preprocessed" (identical unless the imag
 Side convention: CheXmask's "Right Lung" is the *patient's* right lung, which appears on the
 *image's* left (radiological convention); it becomes label 1, "Left Lung" becomes label 2
 (``cfcl.config.CLASSES``).
+
+Rows the reader drops, with a :class:`cfcl.data.DataWarning` naming the CSV and counting them: a
+repeated ImageID (the first row is kept), and (:func:`empty_lungs`, applied by
+:mod:`cfcl.data.padchest`) a row whose "Right Lung" or "Left Lung" cell is empty. A plain CSV
+whose last line has no newline (cut short) is refused.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cfcl.data.framing import preprocess_mask, resize_nearest
+from cfcl.data.metadata import check_complete
 
 COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lung", "Right Lung",
            "Heart", "Height", "Width")
@@ -106,12 +113,15 @@ def rle_encode(mask: np.ndarray) -> str:
 def read_chexmask(path: str | os.PathLike, columns: tuple[str, ...] = NEEDED_COLUMNS) -> pd.DataFrame:
     """Read a CheXmask CSV (plain or compressed), keeping ``columns``; errors name the file.
 
-    Returns a DataFrame indexed by ``ImageID`` (duplicated ImageIDs: the first row is kept).
-    ``Height``/``Width`` are int, Dice RCA columns float.
+    Returns a DataFrame indexed by ``ImageID`` (a repeated ImageID keeps its first row, with a
+    counted :class:`cfcl.data.DataWarning`). ``Height``/``Width`` are int, Dice RCA columns float.
     """
+    from cfcl.data import DataWarning
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CheXmask CSV not found: {path} (setting data.chexmask_csv)")
+    check_complete(path, "CheXmask CSV", "data.chexmask_csv")
     try:
         df = pd.read_csv(path, usecols=lambda c: c in columns, low_memory=False)
     except Exception as exc:  # pandas raises many types for a corrupt file
@@ -120,12 +130,21 @@ def read_chexmask(path: str | os.PathLike, columns: tuple[str, ...] = NEEDED_COL
     if missing:
         raise ValueError(f"CheXmask CSV {path} lacks columns {missing}; expected the 'Preprocessed' "
                          f"CheXmask format with columns {list(COLUMNS)}")
-    df = df.drop_duplicates("ImageID", keep="first").set_index("ImageID")
+    dup = df["ImageID"].duplicated(keep="first")
+    if dup.any():
+        warnings.warn(f"CheXmask CSV {path}: {int(dup.sum())} rows repeat an ImageID of an earlier row "
+                      f"(first: {df['ImageID'][dup].iloc[0]!r}); the first row of each ImageID is kept",
+                      DataWarning, stacklevel=2)
+    df = df[~dup].set_index("ImageID")
     for col in ("Height", "Width"):
         if col in df.columns:
-            if df[col].isna().any():
-                raise ValueError(f"CheXmask CSV {path}: column {col!r} has empty values")
-            df[col] = df[col].astype(np.int64)
+            values = pd.to_numeric(df[col], errors="coerce")
+            bad = values.isna() | (values != values.round()) | (values <= 0)
+            if bad.any():
+                raise ValueError(f"CheXmask CSV {path}: column {col!r} of ImageID {df.index[bad][0]} holds "
+                                 f"{df[col][bad].iloc[0]!r}, not a positive integer ({int(bad.sum())} rows; "
+                                 "a row cut short?)")
+            df[col] = values.astype(np.int64)
     for col in (QUALITY_COLUMN, "Dice RCA (Max)"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
@@ -142,6 +161,13 @@ def quality_filter(df: pd.DataFrame, min_dice_rca: float = 0.8,
     if column not in df.columns:
         raise KeyError(f"quality column {column!r} not in CheXmask table (columns: {list(df.columns)})")
     return df[df[column] >= min_dice_rca]
+
+
+def empty_lungs(df: pd.DataFrame) -> pd.DataFrame:
+    """Which lungs of each row are empty (an empty or blank RLE cell): boolean columns
+    ``Right Lung`` and ``Left Lung``, indexed like ``df``."""
+    return pd.DataFrame({col: df[col].map(lambda v: not isinstance(v, str) or not v.strip())
+                         for col in ("Right Lung", "Left Lung")}, index=df.index)
 
 
 def label_map(right_lung: np.ndarray, left_lung: np.ndarray) -> np.ndarray:
@@ -198,6 +224,9 @@ def decode_row(row: pd.Series, source: str = "CheXmask CSV") -> np.ndarray:
             masks.append(rle_decode(row[col], h, w))
         except ValueError as exc:
             raise ValueError(f"{source}: ImageID {image_id}, column {col!r}: {exc}") from exc
+        if not masks[-1].any() and isinstance(row[col], str) and row[col].strip():
+            raise ValueError(f"{source}: ImageID {image_id}, column {col!r}: the RLE has only runs of length 0 "
+                             "(an empty lung written as runs); a lung mask must cover at least one pixel")
     return label_map(*masks)
 
 

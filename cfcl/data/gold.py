@@ -23,6 +23,12 @@ An empty mask (all background) is refused with an error naming the file: every a
 test image is a PA chest radiograph with lungs, so an empty mask is a missing or failed
 annotation, and fine-tuning on it or scoring against it would silently teach or reward "no lung".
 Fix the annotation or remove the image's row from the CSV.
+
+Sides are checked (:func:`check_sides`): label 1 must lie on the image's left of label 2 (mean
+column), or, where a mask holds one lung only, on its own half of the mask. A mask with the labels
+exchanged (the anatomical convention confused with the radiological one) is refused with an
+error naming the file; :mod:`cfcl.data.padchest` also refuses a gold mask whose lungs overlap the
+opposite lungs of the image's CheXmask row (:func:`side_agreement`).
 """
 from __future__ import annotations
 
@@ -85,14 +91,57 @@ def read_gold_index(folder: str | os.PathLike, name: str = ANNOTATED_INDEX,
     return df.reset_index(drop=True)
 
 
+def check_sides(labels: np.ndarray, what: str) -> None:
+    """Refuse a label map whose lungs are on the wrong sides (``ValueError`` naming ``what``).
+
+    Label 1 (the patient's right lung) is shown on the image's left, label 2 on its right
+    (radiological convention). With both labels present, the mean column of label 1 must be left of
+    that of label 2; with one, its mean column must lie in its own half of the map.
+    """
+    labels = np.asarray(labels)
+    cols = np.arange(labels.shape[1], dtype=np.float64)
+    mean = {}
+    for label in (1, 2):
+        per_col = (labels == label).sum(axis=0)
+        if per_col.any():
+            mean[label] = float((per_col * cols).sum() / per_col.sum())
+    width = labels.shape[1]
+    convention = ("the convention is 1 = the patient's right lung, on the image's left, and 2 = the "
+                  "patient's left lung, on the image's right (radiological view)")
+    if len(mean) == 2:
+        if mean[1] >= mean[2]:
+            raise ValueError(f"{what}: label 1 lies right of label 2 on the image (mean column {mean[1]:.0f} vs "
+                             f"{mean[2]:.0f} of {width}): the lung labels are exchanged; {convention}. "
+                             "Swap labels 1 and 2 in the mask")
+    elif len(mean) == 1:
+        label, col = next(iter(mean.items()))
+        wrong = col > (width - 1) / 2 if label == 1 else col < (width - 1) / 2
+        if wrong:
+            side = "right" if label == 1 else "left"
+            raise ValueError(f"{what}: its only lung, label {label}, lies on the image's {side} half (mean column "
+                             f"{col:.0f} of {width}): the label is the wrong one; {convention}")
+
+
+def side_agreement(gold: np.ndarray, silver: np.ndarray) -> tuple[float, float]:
+    """``(same, exchanged)``: mean Dice of the two lungs of ``gold`` with the same labels of
+    ``silver``, and with the opposite ones (label maps of one frame)."""
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        total = int(a.sum()) + int(b.sum())
+        return 2.0 * float((a & b).sum()) / total if total else 0.0
+
+    same = np.mean([dice(gold == k, silver == k) for k in (1, 2)])
+    exchanged = np.mean([dice(gold == k, silver == 3 - k) for k in (1, 2)])
+    return float(same), float(exchanged)
+
+
 def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None,
-                   allow_empty: bool = False) -> np.ndarray:
+                   allow_empty: bool = False, sides: bool = True) -> np.ndarray:
     """Read one gold mask PNG; returns ``(H, W)`` uint8 with values in {0, 1, 2}.
 
     ``shape``: the expected ``(height, width)`` (that of the image); a mask of another size
     raises ``ValueError`` naming the file and both sizes. Unreadable files, colour images,
-    values other than 0/1/2 and (unless ``allow_empty``) an all-background mask raise errors
-    naming the file.
+    values other than 0/1/2, (unless ``allow_empty``) an all-background mask and (unless not
+    ``sides``) lungs on the wrong sides (:func:`check_sides`) raise errors naming the file.
     """
     path = Path(path)
     try:
@@ -116,6 +165,8 @@ def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None
         raise ValueError(f"gold mask {path} is empty (all background): every annotated or test image "
                          "needs its lungs outlined; fix the annotation or drop the image's row from the "
                          "gold index (see docs/real_data.md)")
+    if sides:
+        check_sides(arr, f"gold mask {path}")
     return arr.astype(np.uint8)
 
 

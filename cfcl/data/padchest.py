@@ -34,11 +34,19 @@ intensity window is the project's choice (the paper is silent): the 0.5 / 99.5 p
 the cropped image (exact, from its histogram) map to 0 / 1 before padding, padding is 0, and
 the antialiased bilinear resize to ``image_size`` is rounded to uint8.
 
+Checks while planning (docs/real_data.md, "Checks on the tables"): rows of the metadata or CheXmask
+CSV that the readers drop (unknown values, repeated ImageIDs, a CheXmask row with an empty lung)
+are counted in a :class:`cfcl.data.DataWarning` naming the file; a split smaller than its size
+setting, or a pre-training / validation split missing a value of a parent, stops the plan with an
+error naming the settings and files, unless ``data.allow_short_split`` (then a warning).
+
 Checks while decoding (each error names the file): content smaller than ``MIN_CONTENT_SIZE``
 (64) px on either side after the border crop; a CheXmask row neither in the 1024 x 1024
 "Preprocessed" frame nor at the image's original ``(height, width)``
 (:func:`cfcl.data.chexmask.mask_frame`; an original-resolution row is mapped like a gold mask);
-a gold mask of another size, with values other than 0/1/2, or empty (:mod:`cfcl.data.gold`).
+a gold mask of another size, with values other than 0/1/2, empty, or with its lungs on the wrong
+sides (:mod:`cfcl.data.gold`); a gold mask whose lungs overlap the opposite lungs of the image's
+CheXmask row more than the same ones (one of the two has the labels exchanged).
 
 The decoded splits are runs of the data store (:mod:`cfcl.data.store`):
 ``cache/padchest/<split>-padchest-<key>/`` (``<key>`` hashes the DataConfig, the options, the
@@ -63,7 +71,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cfcl.config import SCANNER, SEX, DataConfig
+from cfcl.config import EFFUSION, SCANNER, SEX, DataConfig
 from cfcl.data import ChestSplit
 from cfcl.data import chexmask as cm
 from cfcl.data.framing import content_box, pad_to_square, preprocess_mask, resize_image
@@ -241,14 +249,14 @@ def _cell_counts(n: int) -> list[int]:
     return [base + (i < rem) for i in range(len(TEST_CELLS))]
 
 
-def _balanced(df: pd.DataFrame, n: int, what: str) -> pd.DataFrame:
-    """Up to n / 4 rows per scanner x effusion cell, in ``df``'s order; warns when a cell is short."""
+def _balanced(df: pd.DataFrame, n: int, what: str, short: list[str]) -> pd.DataFrame:
+    """Up to n / 4 rows per scanner x effusion cell, in ``df``'s order; a short cell is added to ``short``."""
     parts = []
     for (scanner, effusion), k in zip(TEST_CELLS, _cell_counts(n)):
         cell = df[(df["scanner"] == scanner) & (df["effusion"] == effusion)].head(k)
         if len(cell) < k:
-            warnings.warn(f"{what}: only {len(cell)} of {k} images for scanner={scanner}, "
-                          f"effusion={effusion}", stacklevel=3)
+            short.append(f"{what}: only {len(cell)} of {k} images for scanner={scanner}, effusion={effusion} "
+                         "(data.n_test)")
         parts.append(cell)
     return pd.concat(parts, ignore_index=True)
 
@@ -260,6 +268,43 @@ def _take_patients(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame
     first = df.groupby("PatientID", sort=False).cumcount()
     start = np.arange(len(df)) - first.to_numpy()
     return df[start < n].head(n), df[start >= n]
+
+
+def _drop_empty_lungs(chex: pd.DataFrame, passing: pd.Index, gold_ids: set[str], source: str) -> pd.DataFrame:
+    """CheXmask rows without an empty lung; the rows dropped that would have been used (passing
+    the Dice RCA cut, or of a gold image) are counted in a :class:`cfcl.data.DataWarning`."""
+    from cfcl.data import DataWarning
+
+    empty = cm.empty_lungs(chex)
+    bad = empty.any(axis=1)
+    used = bad & (chex.index.isin(passing) | chex.index.isin(list(gold_ids)))
+    if used.any():
+        right, left = empty.loc[used, "Right Lung"], empty.loc[used, "Left Lung"]
+        warnings.warn(f"CheXmask CSV {source}: {int(used.sum())} rows that pass the Dice RCA cut (or belong to a "
+                      f"gold image) have an empty lung ({int((right & ~left).sum())} right, "
+                      f"{int((left & ~right).sum())} left, {int((right & left).sum())} both; first: ImageID "
+                      f"{chex.index[used][0]!r}): dropped as if absent (their images leave the pool; a gold image "
+                      "keeps no silver mask)", DataWarning, stacklevel=3)
+    return chex[~bad]
+
+
+def _shortfalls(cfg: DataConfig, assignment: pd.DataFrame) -> list[str]:
+    """Splits smaller than their size setting, and pre-training / validation splits missing a value
+    of a parent (sex, scanner, effusion)."""
+    short = []
+    asked = {"pretrain": ("data.n_pretrain", cfg.n_pretrain), "val": ("data.n_val", cfg.n_val),
+             "test": ("data.n_test", cfg.n_test)}
+    for split, (name, n) in asked.items():
+        got = int((assignment["split"] == split).sum())
+        if got < n:
+            short.append(f"{split} holds {got} of the {n} images asked ({name})")
+    for split in ("pretrain", "val"):
+        rows = assignment[assignment["split"] == split]
+        for parent, names in (("sex", SEX), ("scanner", SCANNER), ("effusion", EFFUSION)):
+            missing = sorted(set(range(len(names))) - set(rows[parent]))
+            if len(rows) and missing:
+                short.append(f"{split} has no image with {parent}={missing[0]} ({names[missing[0]]})")
+    return short
 
 
 @dataclass
@@ -275,19 +320,23 @@ def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
     meta = filter_metadata(raw, strip_labels=opts.strip_labels)
     meta["PatientID"] = meta["PatientID"].astype(str)
     chex = cm.read_chexmask(cfg.chexmask_csv)
-    passing = cm.quality_filter(chex, cfg.chexmask_min_dice_rca, opts.quality_column)
     files = index_images(cfg.padchest_images)
     gold_dir = Path(cfg.gold_masks)
     ann_index = gd.read_gold_index(gold_dir, gd.ANNOTATED_INDEX)
     test_index = gd.read_gold_index(gold_dir, gd.TEST_INDEX, required=False)
+    gold_ids = set(ann_index["ImageID"]) | (set(test_index["ImageID"]) if test_index is not None else set())
+    passing = cm.quality_filter(chex, cfg.chexmask_min_dice_rca, opts.quality_column)
+    chex = _drop_empty_lungs(chex, passing.index, gold_ids, str(cfg.chexmask_csv))
+    passing = passing[passing.index.isin(chex.index)]
+    short: list[str] = []
 
     ann_all = _gold_rows(ann_index, raw, str(gold_dir / gd.ANNOTATED_INDEX))
     parts = [ann_all[ann_all["effusion"] == 0].head(cfg.n_annotated_healthy),
              ann_all[ann_all["effusion"] == 1].head(cfg.n_annotated_effusion)]
-    for part, k, label in zip(parts, (cfg.n_annotated_healthy, cfg.n_annotated_effusion), ("healthy", "effusion")):
+    for part, k, label, name in zip(parts, (cfg.n_annotated_healthy, cfg.n_annotated_effusion),
+                                    ("healthy", "effusion"), ("n_annotated_healthy", "n_annotated_effusion")):
         if len(part) < k:
-            warnings.warn(f"{gold_dir / gd.ANNOTATED_INDEX}: only {len(part)} of {k} {label} images",
-                          stacklevel=2)
+            short.append(f"{gold_dir / gd.ANNOTATED_INDEX}: only {len(part)} of {k} {label} images (data.{name})")
     annotated = ann_all.loc[sorted(pd.concat(parts).index)].assign(split="annotated")
     excluded = set(ann_all["PatientID"])
     if test_index is not None:
@@ -304,11 +353,11 @@ def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
     pool = pool[["ImageID", "PatientID", "sex", "scanner", "effusion"]].assign(gold_path=None)
     rng = np.random.default_rng(cfg.seed)
     if test_index is not None:
-        test = _balanced(test_all, cfg.n_test, str(gold_dir / gd.TEST_INDEX))
+        test = _balanced(test_all, cfg.n_test, str(gold_dir / gd.TEST_INDEX), short)
     else:
         shuffled = pool.iloc[rng.permutation(len(pool))]
         test = _balanced(shuffled.drop_duplicates(["PatientID", "scanner", "effusion"]), cfg.n_test,
-                         "held-out test split")
+                         "held-out test split", short)
         pool = pool[~pool["PatientID"].isin(set(test["PatientID"]))]
     test = test.assign(split="test")
 
@@ -330,6 +379,18 @@ def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
     counts = {"metadata_filtered": int(len(meta)), "without_png": int((~in_files).sum()),
               "without_passing_chexmask": int((in_files & ~in_chex).sum()),
               **{f"n_{s}": int((assignment["split"] == s).sum()) for s in SPLITS}}
+    short += _shortfalls(cfg, assignment)
+    if short:
+        where = (f"metadata {raw.attrs.get('source')}, CheXmask {cfg.chexmask_csv}, images {cfg.padchest_images}, "
+                 f"gold {gold_dir}")
+        if not cfg.allow_short_split:
+            raise ValueError(f"PadChest splits come up short: {'; '.join(short)}. Inputs: {where}; counts: {counts}. "
+                             "Fix the inputs (see the warnings above: misspelt values, dropped rows), lower the "
+                             "size settings, or set data.allow_short_split=true to accept short splits")
+        from cfcl.data import DataWarning
+
+        for item in short:
+            warnings.warn(f"{item} (accepted: data.allow_short_split=true)", DataWarning, stacklevel=2)
     return _Sources(chexmask=chex, assignment=assignment, counts=counts)
 
 
@@ -372,10 +433,16 @@ def _gold_mask_stamps(gold_dir: Path | None, name: str) -> list | None:
     return [[m, _stamp(gold_dir / m) if m else None] for m in masks.fillna("")]
 
 
+def key_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The data settings as a dict, ``allow_short_split`` left out at its default (False)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "allow_short_split" or v}
+
+
 def cache_key(cfg: DataConfig, options: PadChestOptions | None = None) -> str:
     """Short hash of the DataConfig, the options and the inputs' size/mtime: the metadata,
     CheXmask and gold index files, every PNG under ``data.padchest_images`` and every gold mask
-    the indexes name (so replacing or touching any of them builds a new cache)."""
+    the indexes name (so replacing or touching any of them builds a new cache).
+    ``data.allow_short_split`` enters only when true (the key of a full split is as before it)."""
     opts = options or PadChestOptions()
     gold_dir = Path(cfg.gold_masks) if cfg.gold_masks else None
     stamps = {"metadata": _stamp(cfg.padchest_metadata), "chexmask": _stamp(cfg.chexmask_csv),
@@ -384,7 +451,8 @@ def cache_key(cfg: DataConfig, options: PadChestOptions | None = None) -> str:
               "images": _image_stamp(cfg.padchest_images),
               "annotated_masks": _gold_mask_stamps(gold_dir, gd.ANNOTATED_INDEX),
               "test_masks": _gold_mask_stamps(gold_dir, gd.TEST_INDEX)}
-    payload = json.dumps({"format": FORMAT_VERSION, "data": dataclasses.asdict(cfg),
+    data = key_settings(cfg)
+    payload = json.dumps({"format": FORMAT_VERSION, "data": data,
                           "options": dataclasses.asdict(opts), "stamps": stamps}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -410,6 +478,14 @@ def _process(item: dict[str, Any], size: int, opts: PadChestOptions, chex: pd.Da
     gold = None
     if isinstance(item.get("gold_path"), str):
         gold = preprocess_mask(gd.read_gold_mask(item["gold_path"], shape=img.shape), box, size)
+        if item["ImageID"] in chex.index:
+            same, exchanged = gd.side_agreement(gold, silver)
+            if exchanged > same:
+                raise ValueError(f"gold mask {item['gold_path']} and the CheXmask row of ImageID {item['ImageID']} "
+                                 f"in {chex_name} disagree on the sides: each gold lung overlaps the opposite "
+                                 f"CheXmask lung (Dice {exchanged:.2f}) more than the same one ({same:.2f}); one of "
+                                 "them has the lungs exchanged (gold: 1 = the patient's right lung, on the image's "
+                                 "left; CheXmask: the 'Right Lung' column is the patient's right lung)")
     return image, silver, gold
 
 

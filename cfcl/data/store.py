@@ -54,7 +54,8 @@ def split_run(cfg: DataConfig, split: str, remake: str = "") -> Run:
 
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return Run(cfg.source, split, {"data": dataclasses.asdict(cfg)}, cache_dir(), key=source_key(cfg, split),
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "allow_short_split" or v}  # as before it
+    return Run(cfg.source, split, {"data": settings}, cache_dir(), key=source_key(cfg, split),
                remake=remake or f"python -m cfcl.data --set data.source={cfg.source} ... (the same data settings)")
 
 
