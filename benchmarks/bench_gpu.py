@@ -145,8 +145,7 @@ def stage_steps(prof, device: str):
     def cf(i):
         return cf_step(hvae, ema, predictor, cf_opt, lag_opt, lmbda, x, pa, cf_pa, 1.0, beta=hv.beta,
                        damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip, ema_rate=hv.ema_rate,
-                       step=i, augment=hv.cf_augment, keep=hv.cf_keep, l1=hv.cf_l1,
-                       l1_scale=hv.cf_l1_scale, generator=gen)
+                       step=i, augment=hv.cf_augment, generator=gen)
 
     n_gen = min(hv.cf_batch_size, 256)
     gen_images = np.random.default_rng(0).integers(0, 255, (n_gen, size, size), dtype=np.uint8)

@@ -45,9 +45,13 @@ UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's U-Net decoder widths (it
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None,
-            choices: Sequence[Any] | None = None, doc: str = "") -> Any:
-    """A dataclass field with its allowed range (``lo``/``hi`` inclusive) or ``choices``."""
-    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices is not None else None, "doc": doc}
+            choices: Sequence[Any] | None = None, doc: str = "", omit_default: bool = False) -> Any:
+    """A dataclass field with its allowed range (``lo``/``hi`` inclusive) or ``choices``.
+
+    ``omit_default``: the setting is left out of a run's key while it has its default value
+    (:func:`key_section`), so a setting added after runs were made keeps their keys at its default."""
+    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices is not None else None, "doc": doc,
+            "omit_default": omit_default}
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults are not allowed in profiles")
     return field(default=default, metadata=meta)
@@ -108,30 +112,12 @@ class HVAEConfig:
                                       doc="geometry: the views' rotation/zoom/shift/flip (cfcl.views); views: "
                                           "plus their photometric jitter on half of each batch, whose "
                                           "scanner label is left out (the scanner is photometric)")
-    classifier_field: float = setting(0.0, lo=0.0, doc="teacher only; > 0: a smooth random intensity field "
-                                      "(a 4 x 4 grid of N(0, this) offsets in [0, 1] intensity, upsampled "
-                                      "bicubically) is added to half of each training batch, meant to make a lung-wide "
-                                      "opacity no evidence of effusion (measured: it does not; off); 0 keeps "
-                                      "the teacher's key")
-    classifier_lse: float = setting(0.0, lo=0.0, doc="teacher only; > 0: its effusion logit pools the logits of "
-                                    "every location by log-sum-exp with this sharpness r (Wang et al. 2017), so "
-                                    "fluid must show somewhere rather than a little everywhere (measured at "
-                                    "1: it does not; off); 0: average pooling, and the teacher's key as before")
-    classifier_haze: float = setting(0.0, lo=0.0, doc="teacher only; > 0: half of each training batch gets a "
-                                     "haze over the silver lungs (one N(0, this) amplitude in [0, 1] intensity "
-                                     "for both lungs, edges blurred), labels kept, so that a lung-wide change "
-                                     "alone reads as no effusion (measured at 0.05: less change added, far less "
-                                     "fluid removed; off); 0: off, and the teacher's key as before")
     # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
     # times the images (the exact counterfactuals too) and must pass the stick's gates
     # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps
     # the settings above (its runs, and the fine-tuned HVAE keyed by them, stay valid).
     judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage")
     judge_epochs: int = setting(40, lo=1, doc="the judge's epochs (of ceil(n_pretrain / batch_size) batches)")
-    judge_invariance: float = setting(0.0, lo=0.0, doc="> 0: the judge's batches are pairs (an image and another "
-                                      "version of the same anatomy: x or an exact counterfactual) and this weighs "
-                                      "the symmetric KL of the heads whose parent the pair shares (sex always); "
-                                      "measured at 1 and not adopted (benchmarks/results/hvae.md)")
     cf_batch_size: int = setting(64, lo=1, doc="images per batch when generating counterfactuals")
     # Counterfactual fine-tuning (cfcl.hvae.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen
     # train_cf.py): after the ELBO training, minimise the frozen predictors' cross-entropy on x_cf
@@ -149,22 +135,10 @@ class HVAEConfig:
                                                                    "so fluid is added and removed alike")
     cf_augment: bool = setting(True, doc="the predictors read a randomly warped x_cf (as in their "
                                          "training), against adversarial pixel patterns")
-    cf_keep: str = setting("predicted", choices=("label", "predicted"),
-                           doc="target of the parents not intervened on: their label (causal-gen) or "
-                               "the predictors' own reading of x")
-    cf_keep_weight: float = setting(1.0, lo=0.0, doc="weight of the cross-entropy of the parents not intervened "
-                                                     "on (kept), against 1 for the intervened ones; 1: causal-gen's "
-                                                     "plain sum; measured at 3 and 10 and not adopted "
-                                                     "(benchmarks/results/hvae.md)")
-    cf_l1: float = setting(0.0, lo=0.0, doc="weight of mean |x_cf - x| (in [-1, 1] units) in the auxiliary "
-                                            "loss where the scanner is kept (minimality of a local change)")
-    cf_l1_scale: float = setting(0.0, lo=0.0, doc="0: the minimality term is the plain mean |x_cf - x|; > 0 (in "
-                                                  "[-1, 1] units): the sparse s*log(1 + |x_cf - x|/s), which charges "
-                                                  "many small changes (a global shift) more than a few large ones")
-    cf_replicate: int = setting(0, lo=0, doc="counterfactual fine-tuning replicate: 0 the profile's run; r > 0 "
+    cf_replicate: int = setting(0, lo=0, omit_default=True, doc="counterfactual fine-tuning replicate: 0 the profile's run; r > 0 "
                                              "another seed for its batches, interventions and warps (the seed "
                                              "spread of the fine-tuning; same ELBO model and predictors)")
-    cf_cycle: float = setting(0.0, lo=0.0, doc="weight of the cycle term: mean |x_back - x| (in [-1, 1] units), "
+    cf_cycle: float = setting(0.0, lo=0.0, omit_default=True, doc="weight of the cycle term: mean |x_back - x| (in [-1, 1] units), "
                                                "x_back the counterfactual of x_cf back to the factual parents "
                                                "(reversibility, trained); 0: off")
 
@@ -175,7 +149,7 @@ class PretrainConfig:
 
     encoder: str = setting("resnet18", doc="the paper uses resnet50 (the `paper` profile does)")
     embed_dim: int = setting(128, lo=1)
-    decoder_channels: tuple[int, ...] = setting(UNET_DECODER_CHANNELS, lo=1,
+    decoder_channels: tuple[int, ...] = setting(UNET_DECODER_CHANNELS, lo=1, omit_default=True,
                                                 doc="the U-Net decoder's five widths (smp's default); at 64 px the "
                                                     "decoder is half a training step (issue 10): a narrower one, "
                                                     "e.g. [64,32,16,16,16], is twice as fast")
@@ -190,13 +164,13 @@ class PretrainConfig:
                              doc="image: negatives from the same image's views; batch: whole batch")
     cf_source: str = setting("hvae", choices=CF_SOURCES,
                              doc="hvae (paper), oracle (phantom's exact counterfactuals), identity (x itself)")
-    cf_gain: float = setting(1.0, lo=0.0, hi=1.0,
+    cf_gain: float = setting(1.0, lo=0.0, hi=1.0, omit_default=True,
                              doc="counterfactual views x + g (cf - x): 1 the counterfactuals (paper), 0 x itself "
                                  "(the dose ablation)")
-    labels: str = setting("silver", choices=("silver", "gold"),
+    labels: str = setting("silver", choices=("silver", "gold"), omit_default=True,
                           doc="masks of the supervised pre-training: silver (CheXmask, paper) or gold (the "
                               "labels ablation; the phantom has gold masks for every image)")
-    replicate: int = setting(0, lo=0, doc="pre-training replicate: 0 the profile's run; r > 0 another seed for the "
+    replicate: int = setting(0, lo=0, omit_default=True, doc="pre-training replicate: 0 the profile's run; r > 0 another seed for the "
                                           "network's initialisation, batches, views and pixels (the seed spread "
                                           "of pre-training; the replicate ablation), fine-tuning seeds unchanged")
     seeds: int = setting(1, lo=1, doc="pre-training replicates per method that the results and claims average over "
@@ -220,9 +194,9 @@ class FinetuneConfig:
     seeds: int = setting(1, lo=1, doc="fine-tuning seeds per fold (beyond the paper's one; each its own run, "
                                       "replicate 0 the run of seeds=1): results average over them and keep "
                                       "them per image (cfcl.finetune)")
-    train_healthy: int = setting(0, lo=0, doc="healthy images each fold fine-tunes on, drawn from its training "
+    train_healthy: int = setting(0, lo=0, omit_default=True, doc="healthy images each fold fine-tunes on, drawn from its training "
                                               "folds (0: all of them); the low-label regime (claims issue): 3")
-    train_effusion: int = setting(0, lo=0, doc="effusion images each fold fine-tunes on (0: all); low-label: 7")
+    train_effusion: int = setting(0, lo=0, omit_default=True, doc="effusion images each fold fine-tunes on (0: all); low-label: 7")
 
 
 @dataclass(frozen=True)
@@ -284,6 +258,16 @@ class Profile:
         return args
 
 
+def key_section(profile: Profile, name: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """One section's settings as a stage's key reads them: :meth:`Profile.section` without the ``exclude``
+    keys and without every setting declared ``omit_default`` that has its default value (the one rule that
+    keeps the keys of runs made before such a setting existed)."""
+    cls = type(getattr(profile, name))
+    omit = {f.name for f in fields(cls) if f.metadata.get("omit_default")
+            and getattr(getattr(profile, name), f.name) == f.default}
+    return profile.section(name, exclude=tuple(exclude) + tuple(omit))
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
@@ -312,7 +296,7 @@ PROFILES: dict[str, Profile] = {
     # power (14 test images per fold detect ~1.75 DSC points at best; see README "Variants").
     # The HVAE is wider than HVAEConfig's default (16, 32, 64, 64), and its counterfactual fine-tuning keeps
     # the ELBO within 0.1 nats per pixel of the ELBO model's: the pair that passes every effectiveness gate of the
-    # counterfactual-quality table (benchmarks/results/cf_capacity.md). The previous model is the variant
+    # counterfactual-quality table (experiments/results/cf_capacity.md). The previous model is the variant
     # SET="hvae.widths=16,32,64,64 hvae.cf_elbo_slack=0 hvae.cf_cycle=0". The cycle term (weight 3; not in
     # the anchors) trains reversibility: do(both) comes back within 4 grey levels instead of 8, and every
     # error to the exact counterfactual falls (benchmarks/results/hvae.md); without it: SET="hvae.cf_cycle=0".

@@ -3,7 +3,6 @@ on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pandas as pd
@@ -237,21 +236,6 @@ def test_flip_parents_and_batches():
     assert abs(share[1] - 0.6) < 0.03 and abs(share[0] - 0.2) < 0.03 and abs(share[2] - 0.2) < 0.03
 
 
-def test_minimality_plain_and_sparse():
-    d = torch.zeros(2, 1, 4, 4)
-    d[0] = 0.1  # every pixel moved a little (a global shift)
-    d[1, 0, 0, :2] = 0.8  # two pixels moved a lot (a local change), the same total |d|
-    plain = cft.minimality(d)
-    torch.testing.assert_close(plain, torch.tensor([0.1, 0.1]))
-    s = 0.04
-    sparse = cft.minimality(d, s)
-    expected = torch.tensor([s * math.log1p(0.1 / s), 2 * s * math.log1p(0.8 / s) / 16])
-    torch.testing.assert_close(sparse, expected)
-    assert sparse[0] > 3 * sparse[1]  # the shift costs more than the local change
-    small = torch.full((1, 1, 2, 2), 1e-4)  # below the scale the two agree
-    torch.testing.assert_close(cft.minimality(small, s), cft.minimality(small), rtol=3e-3, atol=0)
-
-
 def _parent_dependent(seed: int = 0):
     """:func:`_cf_setup` after a few fine-tuning steps: at initialisation the parents barely move the
     decoder (its counterfactuals come back to x to 1e-4); the steps make them matter."""
@@ -293,29 +277,29 @@ def test_cf_step_cycle_term_is_logged_and_lowered():
     assert ends[100.0] < 0.5 * ends[0.0]
 
 
-def test_cf_step_keep_weight_weighs_the_kept_parents():
-    """``keep_weight`` multiplies the cross-entropy of the parents an intervention keeps (1 for the flipped
-    ones): the logged terms equal a by-hand float64 computation on the same counterfactual, and 1 is the
-    plain sum."""
+def test_cf_step_keeps_the_parents_the_predictor_reads():
+    """The target of an intervened parent is its counterfactual value, that of a kept parent the frozen
+    predictor's probability on x: the logged terms equal a by-hand float64 computation on the same
+    counterfactual, and differ from the cross-entropy against the labels."""
     import torch.nn.functional as F
 
     model, ema, predictor, x, pa, cf_pa = _parent_dependent()
     with torch.no_grad():
         logits = predictor(model.counterfactual(x, pa, cf_pa, t=0.0)).double()
-    bce = F.binary_cross_entropy_with_logits(logits, cf_pa.double(), reduction="none")
-    kept = (cf_pa == pa).double()
-    assert 0 < kept.mean() < 1  # every intervention keeps some parents and flips others
-    for w in (1.0, 4.0, 0.0):
-        m, e = copy.deepcopy(model), copy.deepcopy(ema)
-        lmbda = torch.nn.Parameter(torch.zeros(1))
-        opt, lag = cft.make_optimizers(m, lmbda, 1e-3, 0.1)
-        out = cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
-                          grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, keep="label", keep_weight=w)
-        per_parent = (bce * (1 - kept + w * kept)).mean(0)
-        for j, p in enumerate(cft.PARENTS):
-            assert out[f"aux_{p}"] == pytest.approx(float(per_parent[j]), rel=1e-5, abs=1e-6)
-        assert out["aux"] == pytest.approx(float(per_parent.sum()), rel=1e-5)
-    assert float((bce * kept).sum()) > 1e-3  # so the three weights above gave three different sums
+        read = torch.sigmoid(predictor(x)).double()
+    kept = cf_pa == pa
+    assert 0 < kept.double().mean() < 1  # every intervention keeps some parents and flips others
+    target = torch.where(kept, read, cf_pa.double())
+    per_parent = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(0)
+    lmbda = torch.nn.Parameter(torch.zeros(1))
+    opt, lag = cft.make_optimizers(model, lmbda, 1e-3, 0.1)
+    out = cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
+                      grad_clip=200.0, grad_skip=1e6, ema_rate=0.9)
+    for j, p in enumerate(cft.PARENTS):
+        assert out[f"aux_{p}"] == pytest.approx(float(per_parent[j]), rel=1e-5, abs=1e-6)
+    assert out["aux"] == pytest.approx(float(per_parent.sum()), rel=1e-5)
+    labels = F.binary_cross_entropy_with_logits(logits, cf_pa.double(), reduction="none").mean(0)
+    assert abs(float(labels.sum()) - out["aux"]) > 1e-3  # the labels would give another loss
 
 
 def test_mixture_weights_per_latent_group():
@@ -441,10 +425,9 @@ def test_cf_finetune_keys(tiny):
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.classifier_epochs": 2})).key != run.key
     # generation settings do not change it; fine-tuning settings do not change the ELBO run
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_batch_size": 3})).key == run.key
-    # the sparse minimality keys its own run; left at 0 (plain L1) it keys nothing, so older runs stay valid
-    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_l1_scale": 0.04})).key != run.key
-    assert "cf_l1_scale" not in cft.cf_settings(prof)["cf"]
-    # the same for the cycle term (on at the smoke profile): its weight keys the run, 0 keys nothing
+    # the fixed choices are recorded in the key (as when they were settings)
+    assert {k: cft.cf_settings(prof)["cf"][k] for k in cft.FIXED} == {"cf_keep": "predicted", "cf_l1": 0.0}
+    # the cycle term (on at the smoke profile): its weight keys the run, 0 (its default) keys nothing
     assert prof.hvae.cf_cycle == 3.0 and cft.cf_settings(prof)["cf"]["cf_cycle"] == 3.0
     assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_cycle": 1.0})).key != run.key
     assert "cf_cycle" not in cft.cf_settings(_cf_profile(tiny, **{"hvae.cf_cycle": 0.0}))["cf"]
@@ -453,9 +436,6 @@ def test_cf_finetune_keys(tiny):
     assert rep.key != run.key and rep.upstream.keys() == run.upstream.keys()
     assert all(rep.upstream[k].key == run.upstream[k].key for k in run.upstream)
     assert "cf_replicate" not in cft.cf_settings(prof)["cf"]
-    # the kept parents' weight: 1 (the plain sum) keys nothing, another value keys its own run
-    assert "cf_keep_weight" not in cft.cf_settings(prof)["cf"]
-    assert cft.cf_finetune_run(_cf_profile(tiny, **{"hvae.cf_keep_weight": 3.0})).key != run.key
     assert hvae_run(_cf_profile(tiny, **{"hvae.cf_lr": 1e-3, "hvae.cf_finetune_steps": 0})).key == hvae_run(prof).key
     off = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 0})
     assert cft.counterfactual_model_run(off).key == hvae_run(prof).key

@@ -14,14 +14,11 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
    gradient**, decodes ``(loc, scale)`` with ``pa`` and ``(cf_loc, cf_scale)`` with ``pa*`` and forms
    ``x_cf = clamp(cf_loc + cf_scale * (x - loc) / scale, -1, 1)`` (:meth:`HVAE.counterfactual`);
 3. minimises the frozen parent predictors' binary cross-entropy on ``x_cf`` summed over every
-   parent: the intervened ones at their new value, the others kept (``hvae.cf_keep``: at their
-   label, as causal-gen, or at the predictors' own reading of ``x``, default, so an imperfect head
-   asks to keep what it reads rather than to exaggerate the label; ``hvae.cf_keep_weight`` weighs
-   the kept parents' terms against 1 for the intervened ones, default 1 as causal-gen); with
+   parent: the intervened ones at their new value, the others kept at the predictors' own reading of
+   ``x`` (causal-gen keeps them at their label; an imperfect head is then asked to keep what it reads
+   rather than to exaggerate the label), the terms summed with weight 1 as causal-gen's; with
    ``hvae.cf_augment`` the predictors read ``x_cf`` through a random warp, as in their training, so the
-   HVAE cannot satisfy them with a fixed adversarial pixel pattern; optionally plus ``hvae.cf_l1`` times the mean
-   ``|x_cf - x|`` of the images whose scanner is kept (minimality of a local change; with
-   ``hvae.cf_l1_scale = s > 0`` the sparse ``s log(1 + |x_cf - x| / s)`` instead), and ``hvae.cf_cycle``
+   HVAE cannot satisfy them with a fixed adversarial pixel pattern; plus ``hvae.cf_cycle``
    times the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` back to the factual parents
    (:func:`cycle_error`: reversibility, trained; not in causal-gen, which measures it only; on at the
    ``cpu`` and ``smoke`` profiles, off at ``paper``, the anchors'), under the constraint
@@ -63,8 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cfcl.cli import entry_point, profile_of, profile_parser
-from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
+from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile, key_section
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
@@ -86,16 +82,17 @@ LOG_COLUMNS = ("step", "loss", "aux", *(f"aux_{p}" for p in PARENTS), "cycle", "
 # --------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------
+#: Fixed choices of the fine-tuning that its key records: the kept parents' target is the predictors'
+#: reading of ``x`` (``"predicted"``), and no minimality term (weight 0).
+FIXED = {"cf_keep": "predicted", "cf_l1": 0.0}
+
+
 def cf_settings(profile: Profile) -> dict:
-    """The settings the fine-tuning run reads (its key)."""
+    """The settings the fine-tuning run reads (its key): the ``hvae.cf_*`` settings but
+    ``cf_batch_size`` (:func:`cfcl.config.key_section`), and :data:`FIXED`."""
     hv = profile.hvae
-    cf = {k: v for k, v in profile.section("hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
-    for k in ("cf_l1_scale", "cf_cycle", "cf_replicate"):  # off (default): the keys of the runs made before stay
-        if not cf.get(k):
-            cf.pop(k, None)
-    if cf.get("cf_keep_weight") == 1.0:  # likewise: 1 is the plain sum of the runs made before
-        cf.pop("cf_keep_weight")
-    return {"cf": cf, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
+    cf = {k: v for k, v in key_section(profile, "hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
+    return {"cf": {**cf, **FIXED}, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
             "grad_skip": hv.grad_skip, "ema_rate": hv.ema_rate, "weight_decay": WEIGHT_DECAY,
             "abduction_t": 0.0, "eps_images": EPS_IMAGES, "seed": profile.seed}
 
@@ -201,18 +198,13 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
             lag_opt: torch.optim.Optimizer, lmbda: torch.Tensor, x: torch.Tensor, pa: torch.Tensor,
             cf_pa: torch.Tensor, eps: float, *, beta: float, damping: float, grad_clip: float,
             grad_skip: float, ema_rate: float, step: int | None = None, augment: bool = False,
-            keep: str = "label", keep_weight: float = 1.0, l1: float = 0.0, l1_scale: float = 0.0,
             cycle: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
     """One step of counterfactual fine-tuning (see the module docstring) on ``x (B, 1, H, W)`` in
     [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``. ``predictor`` is
     frozen (eval mode, no gradient to its weights). The targets of the intervened parents are their
-    counterfactual values; those of the others are their factual labels (``keep="label"``, causal-gen)
-    or the frozen predictors' own probabilities on ``x`` (``keep="predicted"``: keep what the
-    predictor reads, whatever its accuracy). ``keep_weight`` weighs the cross-entropy of the kept
-    parents against 1 for the intervened ones (1: the plain sum; the per-parent means are then weighted
-    means over the batch, logged as ``aux_<parent>``). ``l1``: weight of the mean ``|x_cf - x|`` over
-    the images whose scanner is kept (minimality of a local change; do(scanner) changes every pixel); with
-    ``l1_scale = s > 0`` the term is the sparse ``s * log(1 + |x_cf - x| / s)`` instead (:func:`minimality`).
+    counterfactual values; those of the others are the frozen predictors' own probabilities on ``x``
+    (keep what the predictor reads, whatever its accuracy); the per-parent means over the batch are
+    logged as ``aux_<parent>`` and summed.
     ``cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
     under ``cf_pa``, with its gradient) back to ``pa`` (:func:`cycle_error`; reversibility, trained).
     ``lmbda`` is the ``(1,)`` multiplier that
@@ -233,18 +225,10 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     out = model(x, pa, beta=beta, generator=generator, acts=acts)
     x_cf = model.counterfactual(x, pa, cf_pa, t=0.0, acts=acts)
     seen = warp_like_predictors(x_cf, generator) if augment else x_cf
-    target = cf_pa
-    if keep == "predicted":
-        with torch.no_grad():
-            target = torch.where(cf_pa != pa, cf_pa, torch.sigmoid(predictor(x)))
-    bce = F.binary_cross_entropy_with_logits(predictor(seen), target, reduction="none")
-    if keep_weight != 1.0:  # the kept parents (preservation) weighed against the intervened ones
-        bce = bce * torch.where(cf_pa != pa, torch.ones_like(bce), torch.full_like(bce, keep_weight))
-    per_parent = bce.mean(0)
+    with torch.no_grad():
+        target = torch.where(cf_pa != pa, cf_pa, torch.sigmoid(predictor(x)))
+    per_parent = F.binary_cross_entropy_with_logits(predictor(seen), target, reduction="none").mean(0)
     aux = per_parent.sum()
-    if l1 > 0:  # minimality, where the intervention is local (the scanner changes every pixel)
-        local = (cf_pa[:, PARENTS.index("scanner")] == pa[:, PARENTS.index("scanner")]).float()
-        aux = aux + l1 * (minimality(x_cf - x, l1_scale) * local).mean()
     back_err = torch.zeros((), device=x.device)
     if cycle > 0:  # reversibility: x_cf taken back to the factual parents should be x
         back_err = cycle_error(model, x, x_cf, pa, cf_pa).mean()
@@ -278,17 +262,6 @@ def cycle_error(model: HVAE, x: torch.Tensor, x_cf: torch.Tensor, pa: torch.Tens
     reversibility of notebook 02 (there in grey levels, on the generated views), as a training term."""
     back = model.counterfactual(x_cf, cf_pa, pa, t=0.0)
     return (back - x).abs().mean(dim=(1, 2, 3))
-
-
-def minimality(diff: torch.Tensor, scale: float = 0.0) -> torch.Tensor:
-    """Per-image cost ``(B,)`` of a change ``diff = x_cf - x`` ``(B, 1, H, W)``: the mean ``|diff|``
-    (``scale = 0``), or the mean of the sparse penalty ``s * log(1 + |diff| / s)`` (``scale = s > 0``, in
-    [-1, 1] units), equal to ``|diff|`` for small changes and growing only logarithmically beyond ``s``, so
-    moving every pixel a little (a global shift) costs more than moving a few a lot (fluid removed)."""
-    d = diff.abs()
-    if scale > 0:
-        d = scale * torch.log1p(d / scale)
-    return d.mean(dim=(1, 2, 3))
 
 
 def make_optimizers(model: HVAE, lmbda: torch.Tensor, lr: float, lr_lagrange: float):
@@ -382,9 +355,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         x, pa = to_model_space(train.images[idx]).to(device), pa.to(device)
         out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
                       eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
-                      ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, keep=hv.cf_keep,
-                      keep_weight=hv.cf_keep_weight, l1=hv.cf_l1, l1_scale=hv.cf_l1_scale, cycle=hv.cf_cycle,
-                      generator=gen)
+                      ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, cycle=hv.cf_cycle, generator=gen)
         step += 1
         rows.append(dict(step=step, **{k: out[k] for k in LOG_COLUMNS if k != "step"}))
         bar.update(1)
@@ -406,7 +377,6 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     return run
 
 
-@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
