@@ -22,14 +22,14 @@ from the phantom's own store (:func:`cfcl.data.phantom.load_split`, made on firs
 arrays the data stage serves). Typical use (about 15 min on one core)::
 
     CFCL_CACHE=/tmp/phantom_cache CFCL_RUNS=/tmp/phantom_runs OMP_NUM_THREADS=1 \\
-        .venv/bin/python benchmarks/calibrate_phantom.py --profile cpu --curve-folds 0 1
+        .venv/bin/python experiments/calibrate_phantom.py --profile cpu --curve-folds 0 1
 
     git show 4ec8a8d:cfcl/data/phantom.py > /tmp/phantom_v3.py   # the v3 renderer, for --speed
-    .venv/bin/python benchmarks/calibrate_phantom.py --no-train --speed --old-module /tmp/phantom_v3.py \\
-        --figures benchmarks/results
+    .venv/bin/python experiments/calibrate_phantom.py --no-train --speed --old-module /tmp/phantom_v3.py \\
+        --figures experiments/results
 
 Writes a markdown report to stdout (and ``--json``); the figures of record are in
-benchmarks/results/phantom.md.
+experiments/results/phantom.md.
 """
 from __future__ import annotations
 

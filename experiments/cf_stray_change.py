@@ -20,15 +20,15 @@ A second table asks what each part of the change does to the readers of effusion
 effusion reading flips (the intervention's effectiveness) under the judge and the teacher, for the whole
 counterfactual, for its change inside the region alone (x elsewhere) and for its change outside alone (x in
 the region); ``--teachers`` adds the readings of other teachers (each named by its overrides, e.g.
-``"hvae.classifier_lse=1"``), the same parts of every model's change read by them. A measurement, not a
+``"hvae.classifier_epochs=40"``), the same parts of every model's change read by them. A measurement, not a
 setting of the pipeline.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile cpu [--models "" "hvae.cf_cycle=0" ...]
-        [--teachers "hvae.classifier_lse=1" ...]
+    OMP_NUM_THREADS=1 python experiments/cf_stray_change.py --profile cpu [--models "" "hvae.cf_cycle=0" ...]
+        [--teachers "hvae.classifier_epochs=40" ...]
 
 Each model is a string of overrides ("" the profile's own); its test-split counterfactuals are made if
 missing (``cfcl.counterfactuals.generate``, which verifies them otherwise). Writes
-``benchmarks/results/cf_stray_change.md``.
+``experiments/results/cf_stray_change.md``.
 """
 from __future__ import annotations
 
@@ -37,57 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.ndimage as ndi
 
+from cfcl.cf_diagnostics import parts, stray
 from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, PARENTS, get_profile
 from cfcl.counterfactuals import generate
 from cfcl.data import load_split
-
-
-def stray(x: np.ndarray, cf: np.ndarray, exact: np.ndarray, near: int = 4, unilateral: float = 0.9) -> dict:
-    """The breakdown of the module docstring for uint8 ``x``, ``cf``, ``exact`` (N, H, W) of one direction.
-
-    The region is where ``exact != x``; an image without any region pixel counts everywhere but in ``near``
-    and the halves. The halves are the image's left and right column halves (an odd middle column is in
-    neither); the thirds are those of x's intensities over all the images' pixels outside the region."""
-    x, cf, exact = (np.asarray(a, np.float32) for a in (x, cf, exact))
-    region = exact != x
-    out = ~region
-    diff = cf - x
-    err = np.abs(diff)
-    close = np.stack([ndi.binary_dilation(r, iterations=near) if r.any() else r for r in region]) & out
-    w = x.shape[-1]
-    left = np.zeros(x.shape[1:], bool)
-    left[:, : w // 2] = True
-    right = np.zeros(x.shape[1:], bool)
-    right[:, (w + 1) // 2:] = True
-    n_region = region.sum(axis=(1, 2))
-    share_left = region[:, left].sum(axis=1) / np.maximum(n_region, 1)
-    share_right = region[:, right].sum(axis=1) / np.maximum(n_region, 1)
-    one_side = (n_region > 0) & ((share_left >= unilateral) | (share_right >= unilateral))
-    same = np.where((share_left >= unilateral)[:, None, None], left, right)
-    other = np.where((share_left >= unilateral)[:, None, None], right, left)
-    uni = one_side[:, None, None]
-
-    def mean(mask: np.ndarray) -> float:
-        return float(err[mask].mean()) if mask.any() else float("nan")
-
-    signed = [diff[i][out[i]].mean() for i in range(len(x)) if out[i].any()]
-    lo, hi = np.quantile(x[out], [1 / 3, 2 / 3]) if out.any() else (np.nan, np.nan)
-    return dict(n=len(x), unilateral=int(one_side.sum()), outside=mean(out),
-                signed=float(np.mean(signed)) if signed else float("nan"),
-                near=mean(close), far=mean(out & ~close), dark=mean(out & (x <= lo)), bright=mean(out & (x >= hi)),
-                same_half=mean(out & uni & same),
-                other_half=mean(out & uni & other))
-
-
-def parts(x: np.ndarray, cf: np.ndarray, exact: np.ndarray) -> dict[str, np.ndarray]:
-    """The counterfactual ``cf`` split by the region where ``exact != x`` (uint8 (N, H, W) each): ``whole``
-    (cf), ``inside only`` (cf in the region, x elsewhere) and ``outside only`` (x in the region, cf
-    elsewhere)."""
-    region = exact != x
-    return {"whole": cf, "inside only": np.where(region, cf, x), "outside only": np.where(region, x, cf)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                 reads.append(dict(model=name, direction=direction, part=part, **flipped))
     table = pd.DataFrame(rows)
     text = (f"# Where the HVAE's do(effusion) changes what it should keep ({args.profile} profile, test split)\n\n"
-            f"`OMP_NUM_THREADS=1 python benchmarks/cf_stray_change.py --profile {args.profile} --models "
+            f"`OMP_NUM_THREADS=1 python experiments/cf_stray_change.py --profile {args.profile} --models "
             + " ".join(f'"{m}"' for m in args.models)
             + (" --teachers " + " ".join(f'"{t}"' for t in args.teachers) if args.teachers else "") + "`\n\n"
             "Outside the region the exact counterfactual changes (where it equals x), in grey levels: `outside` the"

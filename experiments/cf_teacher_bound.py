@@ -8,7 +8,7 @@ and the judge then grades its own pupil: a diagnostic, never a setting of the pi
 pipeline's teacher under the same settings, and reads both with the judge on a fixed part of the test split
 (300 images with effusion for removal, 300 without for adding, 150 + 150 for do(scanner) and do(both)).
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_teacher_bound.py --profile cpu [--set hvae.cf_elbo_slack=0.1 ...]
+    OMP_NUM_THREADS=1 python experiments/cf_teacher_bound.py --profile cpu [--set hvae.cf_elbo_slack=0.1 ...]
 
 Needs the profile's ELBO run, teacher and judge (``make hvae PROFILE=cpu``); each fine-tuning is a run of its
 own (keyed by its settings and its teacher), reused when made. Prints a markdown table; ``--out`` appends it.

@@ -11,9 +11,9 @@ minimising the expected absolute error) is the *Bayes* counterfactual. Its MAE t
 and the changed-region Dice of its change, bound what issue 9's gates can ask of the HVAE in the add
 direction. A single random draw (a perfect model that samples the fluid) is reported beside it.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_floor.py --profile cpu --draws 16
+    OMP_NUM_THREADS=1 python experiments/cf_floor.py --profile cpu --draws 16
 
-Writes ``benchmarks/results/cf_floor.md``.
+Writes ``experiments/results/cf_floor.md``.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ident = table.loc[0, "oracle_mae"]
     table["mae_vs_identity"] = table["oracle_mae"] / ident
     text = (f"# Floor of do(effusion), add direction ({args.profile} profile, test split, {n} healthy "
-            f"images, {args.draws} draws)\n\n`OMP_NUM_THREADS=1 python benchmarks/cf_floor.py --profile "
+            f"images, {args.draws} draws)\n\n`OMP_NUM_THREADS=1 python experiments/cf_floor.py --profile "
             f"{args.profile} --draws {args.draws}`\n\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

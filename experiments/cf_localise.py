@@ -2,17 +2,17 @@
 
 The fine-tuned HVAE's do(effusion) is further from the phantom's exact counterfactual than x itself (MAE
 14.0 against 8.2 grey levels, `figures/cpu/counterfactual_quality.md`), and most of its excess error lies
-outside the region the intervention may change (`benchmarks/results/cf_floor.md`). A post-hoc fix a user
+outside the region the intervention may change (`experiments/results/cf_floor.md`). A post-hoc fix a user
 might try, using no oracle: keep the change ``d = x_cf - x`` only where its smoothed magnitude exceeds
 ``tau`` grey levels, ``x_loc = x + m * d`` with ``m = blur(1[gauss_sigma(|d|) > tau])``. This script
 measures it on the test split's stored HVAE counterfactuals against the exact ones (MAE, changed-region
 Dice), for every intervention, beside the HVAE as it is and x itself. A measurement, not a setting of the
 pipeline: pre-training uses the HVAE's counterfactuals unchanged.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile cpu [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python experiments/cf_localise.py --profile cpu [--set KEY=VALUE ...]
 
 Needs the profile's test-split counterfactuals (``make hvae PROFILE=cpu``, or ``python -m
-cfcl.counterfactuals --profile cpu --splits test``). Writes ``benchmarks/results/cf_localise.md``.
+cfcl.counterfactuals --profile cpu --splits test``). Writes ``experiments/results/cf_localise.md``.
 """
 from __future__ import annotations
 
@@ -21,26 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.ndimage as ndi
 
+from cfcl.cf_diagnostics import localise
 from cfcl.config import INTERVENTIONS, get_profile
 from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual_run, mae
 from cfcl.data import load_split
-
-
-def blend(x: np.ndarray, cf: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 ``x + m * (cf - x)`` for uint8 stacks ``(N, H, W)``: the change kept where ``mask (N, H, W)`` is
-    set, ``m`` the mask softened by a 1-pixel Gaussian."""
-    xf = x.astype(np.float32)
-    m = ndi.gaussian_filter(mask.astype(np.float32), (0, 1, 1))
-    return np.clip(np.rint(xf + m * (cf.astype(np.float32) - xf)), 0, 255).astype(np.uint8)
-
-
-def localise(x: np.ndarray, cf: np.ndarray, sigma: float, tau: float) -> np.ndarray:
-    """:func:`blend` with the mask where the change, smoothed by a Gaussian of ``sigma`` pixels, exceeds
-    ``tau`` grey levels."""
-    d = np.abs(cf.astype(np.float32) - x.astype(np.float32))
-    return blend(x, cf, ndi.gaussian_filter(d, (0, sigma, sigma)) > tau)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                 row(f"HVAE localised (sigma {sigma:g}, tau {tau:g})", k, view, kept)
     table = pd.DataFrame(rows)
     text = (f"# HVAE counterfactuals kept where their change is large ({args.profile} profile, test split)\n\n"
-            f"`OMP_NUM_THREADS=1 python benchmarks/cf_localise.py --profile {args.profile}"
+            f"`OMP_NUM_THREADS=1 python experiments/cf_localise.py --profile {args.profile}"
             + (f" --set {' '.join(args.overrides)}" if args.overrides else "") + "`\n\n"
             "`oracle_mae`: MAE to the exact counterfactual (grey levels), `add`/`remove`: the same on the healthy /"
             " effusion images, `changed_dice`: changed-region Dice against the exact change (threshold 25.5 grey"

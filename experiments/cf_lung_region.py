@@ -9,10 +9,10 @@ change each mask covers (adding fluid to healthy images, removing it from effusi
 effectiveness, the MAE to the exact counterfactual and the changed-region Dice of the masked do(effusion),
 beside x and the HVAE as they are. A measurement, not a setting of the pipeline.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_lung_region.py --profile cpu [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python experiments/cf_lung_region.py --profile cpu [--set KEY=VALUE ...]
 
 Needs the profile's test-split counterfactuals and judge (``make hvae PROFILE=cpu``). Writes
-``benchmarks/results/cf_lung_region.md``.
+``experiments/results/cf_lung_region.md``.
 """
 from __future__ import annotations
 
@@ -21,26 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.ndimage as ndi
-from skimage.morphology import convex_hull_image
 
-from cf_localise import blend  # a benchmark script beside this one
+from cfcl.cf_diagnostics import blend, lung_masks
 from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, PARENTS, get_profile
 from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual_run, mae
 from cfcl.data import load_split
-
-
-def lung_masks(silver: np.ndarray, radius: int, hull: bool) -> np.ndarray:
-    """Bool ``(N, H, W)``: the lungs of each silver label map (any label > 0), or their convex hull, dilated
-    by ``radius`` pixels."""
-    out = []
-    for s in silver:
-        m = s > 0
-        if hull and m.any():
-            m = convex_hull_image(m)
-        out.append(ndi.binary_dilation(m, iterations=radius) if radius else m)
-    return np.stack(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows)
     text = (f"# do(effusion) confined to x's silver lung region ({args.profile} profile, test split, "
             f"{len(x)} images)\n\n"
-            f"`OMP_NUM_THREADS=1 python benchmarks/cf_lung_region.py --profile {args.profile}"
+            f"`OMP_NUM_THREADS=1 python experiments/cf_lung_region.py --profile {args.profile}"
             + (f" --set {' '.join(args.overrides)}" if args.overrides else "") + "`\n\n"
             "`mask_share`: share of the image the mask covers; `covers_add` / `covers_remove`: share of the exact"
             " change (over 25.5 grey levels) inside the mask, when adding fluid to the healthy images / removing it"

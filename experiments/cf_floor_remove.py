@@ -23,9 +23,9 @@ What this cannot see (so it is a lower bound on the true floor). The vessel text
 from a seed that also draws the visible texture, so it is treated as known. And the tolerance admits draws
 that x separates only by less than ``tol``.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_floor_remove.py --profile cpu --candidates 32
+    OMP_NUM_THREADS=1 python experiments/cf_floor_remove.py --profile cpu --candidates 32
 
-Writes ``benchmarks/results/cf_floor_remove.md``; needs the profile's data (``make data PROFILE=cpu``).
+Writes ``experiments/results/cf_floor_remove.md``; needs the profile's data (``make data PROFILE=cpu``).
 """
 from __future__ import annotations
 
@@ -37,50 +37,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cf_floor import effusion_subset
+from cfcl.cf_diagnostics import floor_rows, redraw
 from cfcl.config import get_profile
 from cfcl.counterfactuals import changed_region_dice
 from cfcl.data.phantom import scm
 from cfcl.data.phantom.render import render
-
-#: Fields redrawn whole: the lung hidden below the domes and behind the heart, and the gastric bubble.
-HIDDEN = ("hidden", "gastric")
-#: ``eff_side`` -> the hemidiaphragms (``dome`` columns) under the fluid: right, left, both.
-FLUID_DOMES = {0: (0,), 1: (1,), 2: (0, 1)}
-
-
-def redraw(noise: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``noise`` with the fields the fluid may hide taken from ``fresh``: :data:`HIDDEN` whole, ``dome`` on the
-    fluid's side(s) only (:data:`FLUID_DOMES`)."""
-    out = {k: v.copy() for k, v in noise.items()}
-    for k in HIDDEN:
-        out[k] = fresh[k].copy()
-    for side, cols in FLUID_DOMES.items():
-        rows = noise["eff_side"] == side
-        for c in cols:
-            out["dome"][rows, c] = fresh["dome"][rows, c]
-    return out
-
-
-def floor_rows(x: np.ndarray, exact: np.ndarray, renders: np.ndarray, errors: np.ndarray,
-               tol: float) -> dict:
-    """One row: the counterfactuals ``renders (C, N, H, W)`` kept where the factual re-render's error
-    ``errors (C, N)`` is <= ``tol`` (``inf``: all of them, the prior)."""
-    keep = errors <= tol
-    has = keep.any(0)
-    first = np.where(has, keep.argmax(0), 0)
-    one = np.where(has[:, None, None], renders[first, np.arange(len(x))], exact)
-    stack = np.where(keep[:, :, None, None], renders.astype(np.float32), np.nan)
-    with np.errstate(all="ignore"):
-        med = np.nanmedian(stack[:, has], axis=0)
-    bayes = exact.copy()
-    bayes[has] = np.round(med).astype(np.uint8)
-    out = {}
-    for name, cf in (("one draw", one), ("Bayes", bayes)):
-        mae = np.abs(cf.astype(np.float32) - exact.astype(np.float32)).mean(axis=(1, 2))
-        out[name] = dict(images_kept=float(has.mean()), draws_kept=float(keep.sum(0)[has].mean()) if has.any() else 0.0,
-                         oracle_mae=float(mae.mean()), oracle_mae_kept=float(mae[has].mean()) if has.any() else 0.0,
-                         changed_dice=float(changed_region_dice(x, cf, exact).mean()))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     table["mae_vs_identity"] = table["oracle_mae"] / ident
     quantiles = np.percentile(errors, [10, 50, 90])
     text = (f"# Floor of do(effusion), remove direction ({args.profile} profile, test split, {n} effusion "
-            f"images, {args.candidates} candidate draws each)\n\n`OMP_NUM_THREADS=1 python benchmarks/cf_floor_remove.py "
+            f"images, {args.candidates} candidate draws each)\n\n`OMP_NUM_THREADS=1 python experiments/cf_floor_remove.py "
             f"--profile {args.profile} --candidates {args.candidates}`\n\n"
             + table.drop(columns="tol").to_markdown(index=False, floatfmt=".3f")
             + f"\n\nError of the factual re-render with redrawn hidden anatomy (grey levels, over all candidates): "

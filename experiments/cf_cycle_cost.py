@@ -5,7 +5,7 @@ The cycle term takes each ``x_cf`` back to the factual parents (one more abducti
 profile's ELBO model, on the fine-tuning's own batches, with the term off and on, pair by pair in one
 process (the machine is shared: only the ratio is meant), and prints the ratio.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_cycle_cost.py --profile cpu [--pairs 6] [--cycle 3]
+    OMP_NUM_THREADS=1 python experiments/cf_cycle_cost.py --profile cpu [--pairs 6] [--cycle 3]
 
 Needs the profile's ELBO HVAE and teacher (``make hvae PROFILE=cpu``).
 """
@@ -60,7 +60,7 @@ def main() -> None:
             t = time.perf_counter()
             cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 4.0, beta=hv.beta, damping=hv.cf_damping,
                         grad_clip=hv.grad_clip, grad_skip=hv.grad_skip, ema_rate=hv.ema_rate, augment=hv.cf_augment,
-                        keep=hv.cf_keep, cycle=cycle, generator=torch.Generator().manual_seed(rep))
+                        cycle=cycle, generator=torch.Generator().manual_seed(rep))
             if rep:
                 times[cycle].append(time.perf_counter() - t)
     off, on = np.array(times[0.0]), np.array(times[args.cycle])

@@ -18,10 +18,10 @@ counterfactual over the image, inside the region the exact counterfactual change
 reversibility (MAE of do(effusion) undone, to x; the same decoding both ways). With ``identity`` (x itself)
 for scale. A measurement, not a setting of the pipeline.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_noise_abduction.py --profile cpu [--images 200] [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python experiments/cf_noise_abduction.py --profile cpu [--images 200] [--set KEY=VALUE ...]
 
 Needs the profile's counterfactual HVAE (``make hvae PROFILE=cpu``). Writes
-``benchmarks/results/cf_noise_abduction.md``.
+``experiments/results/cf_noise_abduction.md``.
 """
 from __future__ import annotations
 
@@ -30,29 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from cfcl.cf_diagnostics import FORMS, decodings
 from cfcl.config import INTERVENTIONS, get_profile
 from cfcl.data import load_split
-from cfcl.hvae import HVAE, load_counterfactual_model
+from cfcl.hvae import load_counterfactual_model
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
-
-FORMS = ("scaled", "additive", "mean", "factual mean")
-
-
-@torch.no_grad()
-def decodings(model: HVAE, x: torch.Tensor, pa: torch.Tensor, cf_pa: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The four decodings of :data:`FORMS` of ``x (B, 1, H, W)`` in [-1, 1] under ``cf_pa``, from the same
-    posterior-mean latents abducted under ``pa``; each ``(B, 1, H, W)`` clamped to [-1, 1]. ``scaled`` is
-    :meth:`HVAE.counterfactual` (checked in ``tests/test_cf_floor.py``)."""
-    model.eval()
-    h, stats = model.decode(pa, acts=model.encoder(x), t=0.0)
-    h_cf, _ = model.decode(cf_pa, latents=[s["z"] for s in stats])
-    loc, logscale = model.pixel_params(h)
-    cf_loc, cf_logscale = model.pixel_params(h_cf)
-    out = {"scaled": cf_loc + torch.exp(cf_logscale - logscale) * (x - loc), "additive": x + (cf_loc - loc),
-           "mean": cf_loc, "factual mean": loc}
-    return {k: v.clamp(-1.0, 1.0) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                              inside=err[region].mean(), outside=err[~region].mean(), reversibility=rev))
     table = pd.DataFrame(rows)
     text = (f"# Pixel-noise abduction or decoder: where the HVAE's do(effusion) error comes from ({args.profile})\n\n"
-            f"`OMP_NUM_THREADS=1 python benchmarks/cf_noise_abduction.py --profile {args.profile}"
+            f"`OMP_NUM_THREADS=1 python experiments/cf_noise_abduction.py --profile {args.profile}"
             f"{' --set ' + ' '.join(args.overrides) if args.overrides else ''}`\n\n"
             "MAE in grey levels to the exact counterfactual: over the image, inside the region the exact "
             "counterfactual changes, outside it; `reversibility`: MAE to x of do(effusion) undone with the same "

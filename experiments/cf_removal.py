@@ -11,7 +11,7 @@ the region the exact counterfactual changes (> 25.5 grey levels):
 - ``prior coarsest k``: the coarsest ``k`` latent groups replaced by their prior means under each decode's
   parents (the others abducted), pixel residual carried; ``k`` = every group is a prior decode.
 
-    OMP_NUM_THREADS=1 python benchmarks/cf_removal.py --profile cpu
+    OMP_NUM_THREADS=1 python experiments/cf_removal.py --profile cpu
 
 Needs the profile's ELBO run, fine-tuned run, teacher and judge (``make hvae PROFILE=cpu``). Prints a
 markdown table; ``--out`` writes it.
