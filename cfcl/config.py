@@ -42,6 +42,9 @@ CF_SOURCES = ("hvae", "oracle", "identity")
 NEGATIVE_SCOPES = ("image", "batch")
 UNET_STRIDE = 32  # smp's U-Net with a 5-stage ResNet encoder needs sides divisible by 32
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's U-Net decoder widths (its default, the paper's)
+# The U-Net's encoders: smp's ResNets and ResNeXts (five stages, stride 32, no pre-trained weights needed).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x4d",
+            "resnext101_32x8d", "resnext101_32x16d", "resnext101_32x32d", "resnext101_32x48d")
 
 
 def setting(default: Any, *, lo: float | None = None, hi: float | None = None,
@@ -147,7 +150,7 @@ class HVAEConfig:
 class PretrainConfig:
     """Dense contrastive pre-training (paper sections 2.2 and 3)."""
 
-    encoder: str = setting("resnet18", doc="the paper uses resnet50 (the `paper` profile does)")
+    encoder: str = setting("resnet18", choices=ENCODERS, doc="the paper uses resnet50 (the `paper` profile does)")
     embed_dim: int = setting(128, lo=1)
     decoder_channels: tuple[int, ...] = setting(UNET_DECODER_CHANNELS, lo=1, omit_default=True,
                                                 doc="the U-Net decoder's five widths (smp's default); at 64 px the "

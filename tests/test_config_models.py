@@ -34,10 +34,36 @@ def test_overrides_and_errors():
     ("pretrain.steps=1.5", "pretrain.steps"), ("pretrain.steps=true", "pretrain.steps"),
     ("pretrain.decoder_channels=[64,32]", "pretrain.decoder_channels"),
     ("pretrain.decoder_channels=[64,32,16,0,16]", "pretrain.decoder_channels"),
+    ("pretrain.encoder=resnet999", "pretrain.encoder"),
 ])
 def test_invalid_settings_are_refused_naming_the_key(override, key):
     with pytest.raises(SettingError, match=key.replace(".", r"\.")):
         get_profile("smoke", override)
+
+
+def test_an_unknown_encoder_names_the_setting_and_the_choices():
+    with pytest.raises(SettingError, match=r"setting pretrain\.encoder: expected one of 'resnet18'.*got 'resnet999'"):
+        get_profile("smoke", "pretrain.encoder=resnet999")
+    assert get_profile("smoke", "pretrain.encoder=resnet34").pretrain.encoder == "resnet34"
+
+
+def test_settings_declared_omit_default_leave_the_key_at_their_default():
+    """The one rule of :func:`cfcl.config.key_section`: a setting declared ``omit_default`` is out of a key at
+    its default and in it otherwise; every other setting is always in it."""
+    from cfcl import finetune, pretrain
+    from cfcl.config import key_section
+
+    prof = get_profile("smoke", "hvae.cf_cycle=0")
+    hv = key_section(prof, "hvae")
+    assert "cf_cycle" not in hv and "cf_replicate" not in hv and hv["cf_lr"] == prof.hvae.cf_lr
+    assert key_section(get_profile("smoke"), "hvae")["cf_cycle"] == 3.0  # the smoke profile's own weight
+    assert key_section(get_profile("smoke", "hvae.cf_replicate=2"), "hvae")["cf_replicate"] == 2
+    assert "steps" not in key_section(prof, "pretrain", exclude=["steps"])
+    # the settings the stages leave out at their neutral value are exactly those declared so
+    for name, later in (("pretrain", pretrain.ADDED_LATER), ("finetune", finetune.ADDED_LATER)):
+        section = key_section(get_profile("cpu"), name)
+        assert not set(later) & set(section), name
+        assert set(later) | set(section) == set(get_profile("cpu").section(name)), name
 
 
 def test_values_are_converted_to_the_setting_type():
