@@ -157,7 +157,7 @@ def filter_metadata(df: pd.DataFrame, strip_labels: bool = False, source: str | 
              & df["PatientSex_DICOM"].isin(SEX) & df["Manufacturer_DICOM"].isin(SCANNER)].copy()
     # Each distinct Labels string is parsed once (about 1 in 8 rows is distinct): seconds, not half a minute.
     literal = {v: _literal_labels(v) for v in out["Labels"].dropna().unique()}
-    broken = out["Labels"].map(lambda v: isinstance(v, str) and literal[v] is None)
+    broken = out["Labels"].map(lambda v: isinstance(v, str) and literal[v] is None).astype(bool)
     if broken.any():
         warnings.warn(f"PadChest metadata {source}: {int(broken.sum())} rows that pass the filter have a Labels "
                       f"cell that is not a list literal (first: ImageID {out['ImageID'][broken].iloc[0]!r}, "
@@ -167,7 +167,8 @@ def filter_metadata(df: pd.DataFrame, strip_labels: bool = False, source: str | 
     parsed = {v: parse_labels(v) for v in out["Labels"].dropna().unique()}
     raw = out["Labels"].map(lambda v: parsed.get(v, []) if isinstance(v, str) else [])
     stripped = raw.map(lambda ls: [x.strip() for x in ls])
-    keep = ~stripped.map(lambda ls: any(x in ls for x in EXCLUDED_LABELS))
+    # astype(bool): an empty selection would otherwise be an object Series, read as column labels
+    keep = ~stripped.map(lambda ls: any(x in ls for x in EXCLUDED_LABELS)).astype(bool)
     labels = (stripped if strip_labels else raw)
     out, labels = out[keep].copy(), labels[keep]
     out["sex"] = out["PatientSex_DICOM"].map(SEX.index).astype(int)

@@ -270,21 +270,20 @@ def _take_patients(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame
     return df[start < n].head(n), df[start >= n]
 
 
-def _drop_empty_lungs(chex: pd.DataFrame, passing: pd.Index, gold_ids: set[str], source: str) -> pd.DataFrame:
-    """CheXmask rows without an empty lung; the rows dropped that would have been used (passing
-    the Dice RCA cut, or of a gold image) are counted in a :class:`cfcl.data.DataWarning`."""
+def _drop_empty_lungs(chex: pd.DataFrame, passing: pd.Index, source: str) -> pd.DataFrame:
+    """CheXmask without the rows that pass the Dice RCA cut but have an empty lung, which are
+    counted in a :class:`cfcl.data.DataWarning` (rows below the cut never enter the pool)."""
     from cfcl.data import DataWarning
 
     empty = cm.empty_lungs(chex)
-    bad = empty.any(axis=1)
-    used = bad & (chex.index.isin(passing) | chex.index.isin(list(gold_ids)))
-    if used.any():
-        right, left = empty.loc[used, "Right Lung"], empty.loc[used, "Left Lung"]
-        warnings.warn(f"CheXmask CSV {source}: {int(used.sum())} rows that pass the Dice RCA cut (or belong to a "
-                      f"gold image) have an empty lung ({int((right & ~left).sum())} right, "
-                      f"{int((left & ~right).sum())} left, {int((right & left).sum())} both; first: ImageID "
-                      f"{chex.index[used][0]!r}): dropped as if absent (their images leave the pool; a gold image "
-                      "keeps no silver mask)", DataWarning, stacklevel=3)
+    bad = empty.any(axis=1) & chex.index.isin(passing)
+    if bad.any():
+        right, left = empty.loc[bad, "Right Lung"], empty.loc[bad, "Left Lung"]
+        warnings.warn(f"CheXmask CSV {source}: {int(bad.sum())} rows that pass the Dice RCA cut have an empty lung "
+                      f"({int((right & ~left).sum())} right, {int((left & ~right).sum())} left, "
+                      f"{int((right & left).sum())} both; first: ImageID {chex.index[bad][0]!r}): dropped as if "
+                      "absent (their images leave the pool; a gold image keeps no silver mask)",
+                      DataWarning, stacklevel=3)
     return chex[~bad]
 
 
@@ -324,9 +323,8 @@ def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
     gold_dir = Path(cfg.gold_masks)
     ann_index = gd.read_gold_index(gold_dir, gd.ANNOTATED_INDEX)
     test_index = gd.read_gold_index(gold_dir, gd.TEST_INDEX, required=False)
-    gold_ids = set(ann_index["ImageID"]) | (set(test_index["ImageID"]) if test_index is not None else set())
     passing = cm.quality_filter(chex, cfg.chexmask_min_dice_rca, opts.quality_column)
-    chex = _drop_empty_lungs(chex, passing.index, gold_ids, str(cfg.chexmask_csv))
+    chex = _drop_empty_lungs(chex, passing.index, str(cfg.chexmask_csv))
     passing = passing[passing.index.isin(chex.index)]
     short: list[str] = []
 
