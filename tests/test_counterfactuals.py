@@ -11,7 +11,7 @@ import torch
 import cfcl.classifiers as clf
 import cfcl.counterfactuals as cfm
 import cfcl.hvae.model as hv
-from cfcl.config import INTERVENTIONS, PARENTS
+from cfcl.config import INTERVENTIONS
 from cfcl.data import ChestSplit, load_split
 from cfcl.hvae import load_hvae, train_hvae
 from cfcl.parents import intervene, parents_tensor, to_model_space

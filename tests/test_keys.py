@@ -8,8 +8,6 @@ deliberate change of a key (never to a setting at its default), regenerate the f
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cfcl.config import get_profile
