@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
@@ -313,6 +314,7 @@ def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")
     return out[["predictor", "split", "images", "parent", "accuracy", "roc_auc", "n", "positives"]]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     """``python -m cfcl.classifiers --profile cpu [--set ...]``: train (or verify) the parent predictors."""
     parser = profile_parser("python -m cfcl.classifiers", "Train the parent predictors.")

@@ -60,6 +60,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile, key_section
 from cfcl.data import data_run, load_split
 from cfcl.device import default_device
@@ -377,6 +378,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
     return run
 
 
+@entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
