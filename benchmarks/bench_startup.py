@@ -25,9 +25,7 @@ the `smoke` pipeline runs it.
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -35,6 +33,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+from cfcl.jupyter import notebook_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_RFC = "import sys; sys.modules['rfc3987_syntax'] = None; "
@@ -47,20 +47,6 @@ LIBRARIES = {
     "matplotlib.pyplot": "import matplotlib.pyplot",
     "umap": "import umap",
 }
-
-
-def notebook_imports(path: Path) -> str:
-    """The import statements of a notebook's code cells, in order, as one program."""
-    out = []
-    for cell in json.loads(path.read_text())["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        try:
-            tree = ast.parse("".join(cell["source"]))
-        except SyntaxError:  # a cell with IPython syntax holds no import we need
-            continue
-        out += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    return "\n".join(out)
 
 
 def cpu_seconds(code: str) -> float:

@@ -17,6 +17,8 @@ its final line.
 """
 from __future__ import annotations
 
+import ast
+import json
 import os
 import shutil
 import tempfile
@@ -86,3 +88,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def notebook_imports(path: str | os.PathLike) -> str:
+    """The import statements of a notebook's code cells, in order, as one program."""
+    out = []
+    for cell in json.loads(open(path).read())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        try:
+            tree = ast.parse("".join(cell["source"]))
+        except SyntaxError:  # a cell with IPython syntax holds no import we need
+            continue
+        out += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join(out)

@@ -81,13 +81,10 @@ def test_gpu_benchmark_dry_run(tmp_path):
 
 
 def test_startup_benchmark_reads_every_import_of_a_notebook():
-    """``bench_startup.notebook_imports``: the import statements of every code cell, multi-line ones whole,
+    """``cfcl.jupyter.notebook_imports`` (used by the startup benchmark): the import statements of every code cell, multi-line ones whole,
     and nothing else (notebook 02 imports over two lines and computes in the same cells)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench_startup import notebook_imports
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    from cfcl.jupyter import notebook_imports
+
     code = notebook_imports(ROOT / "notebooks" / "02_counterfactuals.ipynb")
     compile(code, "imports", "exec")
     lines = code.splitlines()
