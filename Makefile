@@ -139,8 +139,8 @@ finetune: $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) ## Fine-tune all nine rows, 
 # pre-trained and fine-tuned first, each as a variant <VARIANT>-pr<k>; notebook 06 averages over all of them.
 reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIANT=name SET="k=v ...", ONLY="methods", JOBS=2)
 	rm -rf $(NB)/.times
-	@mkdir -p $(NB)
-	$(PY) -m cfcl.replicates plan $(PROFILE) -- $(SET) $(if $(VARIANT),variant=$(VARIANT)) $(ONLY:%=only=%) > $(NB)/.replicates
+	plan=$$($(PY) -m cfcl.replicates plan $(PROFILE) -- $(SET) $(if $(VARIANT),variant=$(VARIANT)) $(ONLY:%=only=%)) && \
+	  mkdir -p $(NB) && { [ -z "$$plan" ] || printf '%s\n' "$$plan"; } > $(NB)/.replicates
 	while IFS='|' read -r v s o; do \
 	  $(MAKE) -j$(JOBS) finetune PROFILE=$(PROFILE) VARIANT="$$v" SET="$$s" ONLY="$$o" || exit 1; \
 	done < $(NB)/.replicates
@@ -152,8 +152,8 @@ reproduce: | $(INSTALLED) ## Run notebooks 00-06 (PROFILE=cpu|smoke|paper, VARIA
 # compares (their fine-tuned models, nothing else), then notebook 07 decides the contrasts. ---
 ABLATIONS ?=
 ablations: | $(INSTALLED) ## The ablations (ABLATIONS="dose labels ..."; all by default), then notebook 07
-	@mkdir -p $(NB)
-	$(PY) -m cfcl.ablations plan $(PROFILE) $(ABLATIONS) -- $(SET) $(if $(VARIANT),variant=$(VARIANT)) > $(NB)/.ablations
+	plan=$$($(PY) -m cfcl.ablations plan $(PROFILE) $(ABLATIONS) -- $(SET) $(if $(VARIANT),variant=$(VARIANT))) && \
+	  mkdir -p $(NB) && { [ -z "$$plan" ] || printf '%s\n' "$$plan"; } > $(NB)/.ablations
 	while IFS='|' read -r v s o; do \
 	  $(MAKE) -j$(JOBS) finetune PROFILE=$(PROFILE) VARIANT="$$v" SET="$$s" ONLY="$$o" || exit 1; \
 	done < $(NB)/.ablations
