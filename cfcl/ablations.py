@@ -190,7 +190,7 @@ def arm_profile(profile, ablation: str, arm: str):
 def available(profile) -> tuple[list[str], dict[str, str]]:
     """The ablations whose every (arm, method) has finished fine-tuning under ``profile``, and for the others
     the command that makes them (notebook 07 without an explicit list reports those, it does not run them)."""
-    from cfcl.finetune import finetune_runs
+    from cfcl.read.finetune import finetune_runs
 
     done, missing = [], {}
     for name, ab in ABLATIONS.items():

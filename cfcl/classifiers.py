@@ -35,7 +35,6 @@ classifiers.pt``, resumable per epoch.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -48,24 +47,16 @@ from sklearn.metrics import roc_auc_score
 
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
-from cfcl.data import data_run, load_split
+from cfcl.data import load_split
 from cfcl.device import default_device
 from cfcl.parents import parents_tensor, to_model_space
-from cfcl.paths import runs_dir
 from cfcl.progress import tqdm
+from cfcl.read.classifiers import AUGMENT, PHOTOMETRIC, PHOTOMETRIC_SHARE, ROLES, classifier_run  # noqa: F401  (re-exported)
 from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 from cfcl.views import AugmentConfig, intensity, random_geometry, warp
 
 CHECKPOINT_NAME = "classifiers.pt"
 AUGMENTS = ("none", "geometry", "views")
-#: The predictors' geometric augmentation: the views' rotation, zoom and shift (cfcl.views), milder
-#: (the whole chest stays in view), and horizontal flips (no parent depends on the side).
-AUGMENT = AugmentConfig(rotation_deg=10.0, scale=(1.0, 1.25), translate=0.06, flip_p=0.5, jitter_p=0.0,
-                        blur_p=0.0, solarize_p=0.0)
-#: The views' photometric augmentation (colour jitter, blur, solarisation; cfcl.views defaults).
-PHOTOMETRIC = AugmentConfig()
-#: Share of each batch that also gets :data:`PHOTOMETRIC` with ``hvae.classifier_augment="views"``.
-PHOTOMETRIC_SHARE = 0.5
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, cfg: AugmentConfig = AUGMENT) -> torch.Tensor:
@@ -139,33 +130,6 @@ class ParentClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
-
-
-ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
-
-
-def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) -> Run:
-    """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see the
-    module docstring); its key covers the settings below and the data. Width and epochs are the role's
-    own: ``hvae.classifier_width`` and ``hvae.classifier_epochs`` for the teacher, ``hvae.judge_width`` and
-    ``hvae.judge_epochs`` for the judge."""
-    if role not in ROLES:
-        raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
-    hv = profile.hvae
-    aug = hv.classifier_augment
-    judge = role == "judge"
-    settings = dict(epochs=hv.judge_epochs if judge else hv.classifier_epochs, batch_size=hv.batch_size,
-                    width=hv.judge_width if judge else hv.classifier_width, lr=lr,
-                    balance="scanner_x_effusion", augment=aug,
-                    geometry=dataclasses.asdict(AUGMENT) if aug != "none" else None,
-                    photometric=(dict(dataclasses.asdict(PHOTOMETRIC), share=PHOTOMETRIC_SHARE) if aug == "views"
-                                 else None),
-                    image_size=profile.data.image_size, seed=profile.seed)
-    if judge:
-        settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
-    return Run("classifiers", ROLES[role], settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
-               remake=f"python -m cfcl.classifiers {profile.cli()}{' --role judge' if role == 'judge' else ''}"
-                      f"  (or: make hvae {profile.make_args()})")
 
 
 def _training_pool(train, role: str) -> tuple[np.ndarray, pd.DataFrame]:

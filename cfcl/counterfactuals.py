@@ -25,15 +25,15 @@ import torch
 
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
-from cfcl.data import data_run, load_split
+from cfcl.data import load_split
 from cfcl.device import default_device
-from cfcl.hvae import HVAE, counterfactual_model_run, elbo_only, load_counterfactual_model
+from cfcl.hvae import HVAE, elbo_only, load_counterfactual_model
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
-from cfcl.paths import atomic_path, runs_dir
+from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
+from cfcl.read.counterfactuals import (ARRAY_NAME, QUALITY_NAME, QUALITY_VERSION, SEX_CONFIDENCE,  # noqa: F401  (re-exported)
+                                       counterfactual_run, quality_run)
 from cfcl.runs import Run, reserve
-
-ARRAY_NAME = "counterfactuals.npy"
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,15 +79,6 @@ def all_interventions(model: HVAE, images: np.ndarray, pa: torch.Tensor, t: floa
 # --------------------------------------------------------------------------------------------
 # The counterfactual run
 # --------------------------------------------------------------------------------------------
-def counterfactual_run(profile: Profile, split: str = "pretrain", t: float = 0.0, alpha: float = 1.0) -> Run:
-    """The run holding the HVAE counterfactuals of one split (``counterfactuals.npy``, uint8
-    ``(N, 3, H, W)``); its key covers the abduction settings, the split and the run of the model
-    they are drawn from (:func:`cfcl.hvae.counterfactual_model_run`: the fine-tuned HVAE, or the
-    ELBO one with ``hvae.cf_finetune_steps=0``)."""
-    return Run("counterfactuals", split, {"split": split, "t": float(t), "alpha": float(alpha)},
-               runs_dir(profile.name), {"hvae": counterfactual_model_run(profile), "data": data_run(profile, split)},
-               remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split}"
-                      f"  (or: make hvae {profile.make_args()})")
 
 
 def _batch_name(lo: int, hi: int) -> str:
@@ -199,12 +190,6 @@ def changed_region_dice(x: np.ndarray, cf: np.ndarray, oracle: np.ndarray, thres
 
 #: Direction subsets reported beside the whole split: adding fluid (factual effusion 0) and removing it.
 DIRECTIONS = {"add": 0, "remove": 1}
-#: ``sex_kept_confident`` reads sex kept only on the images whose sex the judge reads on x with at least this
-#: probability (of either sex): where its reading of x is trusted. Not in the issue, which asks for sex kept on
-#: every image; the phantom's sex cues are subtle (the judge reads sex right on 0.915 of x), so the exact
-#: counterfactuals themselves flip the reading of about a tenth of the images and the stick cannot license
-#: ``sex_kept``; on the confidently read ones it can. Both are reported; neither replaces the other.
-SEX_CONFIDENCE = 0.95
 #: Columns averaged over a subset of the images (NaN elsewhere): the mean of the rest, NaN if none is left.
 SUBSET_METRICS = ("sex_kept_confident",)
 
@@ -293,32 +278,6 @@ def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, 
     taught = None if teacher is None else [predict_parents(teacher, cf[:, k]) for k in range(len(INTERVENTIONS))]
     return quality_rows(x, data.parents, cf, probs, null, reverse, oracle, method, threshold, p_x=p_x,
                         probs_teacher=taught)
-
-
-QUALITY_NAME = "quality.csv"
-#: Bumped whenever :func:`quality_rows` changes what it measures, so no table of the old kind is read back.
-QUALITY_VERSION = 2  # 2: sex_confident, sex_kept_confident
-
-
-def quality_run(profile: Profile, split: str = "test", threshold: float = 0.1, t: float = 0.0, alpha: float = 1.0,
-                before: bool = True) -> Run:
-    """The run holding :func:`evaluate`'s table (``quality.csv``). Its key covers the settings below and the
-    runs the table reads: the split's counterfactuals (hence the counterfactual HVAE and the data), the
-    ELBO-only HVAE's (with ``before`` and fine-tuning on), and the judge and teacher predictors. A variant
-    that changes none of them (``pretrain.cf_source=oracle``, a fine-tuning seed) reads the table back
-    instead of scoring every counterfactual again (about 200 s at ``cpu`` with the mixture)."""
-    from cfcl.classifiers import classifier_run
-
-    before = bool(before and profile.hvae.cf_finetune_steps > 0)
-    upstream = {"counterfactuals": counterfactual_run(profile, split, t, alpha),
-                "judge": classifier_run(profile, "judge"), "teacher": classifier_run(profile, "teacher")}
-    if before:
-        upstream["counterfactuals_elbo"] = counterfactual_run(elbo_only(profile), split, t, alpha)
-    settings = {"split": split, "threshold": float(threshold), "t": float(t), "alpha": float(alpha),
-                "before": before, "sex_confidence": SEX_CONFIDENCE, "version": QUALITY_VERSION}
-    return Run("cf_quality", f"{split}-alpha{alpha:g}", settings, runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split} --evaluate --alpha {alpha:g}"
-                      f"{'' if before else ' --no-before'}  (or: make hvae {profile.make_args()})")
 
 
 def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, progress: bool = True,

@@ -28,7 +28,7 @@ from cfcl.config import Profile
 from cfcl.data import load_split
 from cfcl.methods import METHODS
 from cfcl.models import network
-from cfcl.pretrain import load_pretrained_state
+from cfcl.read.pretrain import load_pretrained_state
 
 
 def embeddings(profile: Profile, method: str, split: str = "val", n_images: int | None = None) -> dict[str, np.ndarray]:

@@ -51,18 +51,15 @@ from torch.profiler import record_function
 
 from cfcl import losses, views
 from cfcl.cli import entry_point, profile_of, profile_parser
-from cfcl.config import UNET_DECODER_CHANNELS, Profile
-from cfcl.data import ChestSplit, data_run, load_split
+from cfcl.config import Profile
+from cfcl.data import ChestSplit, load_split
 from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
 from cfcl.models import network
-from cfcl.paths import atomic_path, runs_dir
+from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
-from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
-
-# Pre-training settings that never change the trained weights (not part of a run's key).
-NOT_TRAINING = ("checkpoint_every", "num_workers", "compile", "seeds")
-ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0, "decoder_channels": UNET_DECODER_CHANNELS}
+from cfcl.read.pretrain import ADDED_LATER, NOT_TRAINING, load_pretrained_state, pretrain_run, read_losses  # noqa: F401  (re-exported)
+from cfcl.runs import Run, resume, save_checkpoint
 
 
 def make_loss(method: Method, profile: Profile) -> nn.Module | None:
@@ -310,30 +307,6 @@ def pretrain_seed(profile: Profile) -> int:
     return int(np.random.SeedSequence([profile.seed, 41, r]).generate_state(1)[0] % 2 ** 31)
 
 
-def pretrain_run(profile: Profile, method: str) -> Run:
-    """The pre-training run of ``method`` under ``profile`` (see the module docstring)."""
-    spec = get(method, pretrained=True)
-    exclude = NOT_TRAINING + (() if spec.views == "cf" else ("cf_source", "cf_gain"))
-    exclude += (() if spec.supervised else ("labels",))
-    # Settings added after runs existed stay out of the key at their neutral value (those runs stay valid).
-    exclude += tuple(k for k, v in ADDED_LATER.items() if getattr(profile.pretrain, k) == v)
-    settings = {"method": method, "pretrain": profile.section("pretrain", exclude=exclude), "seed": profile.seed}
-    upstream = {"data": data_run(profile, "pretrain")}
-    if spec.views == "cf" and profile.pretrain.cf_source == "hvae":
-        from cfcl.counterfactuals import counterfactual_run
-
-        upstream["counterfactuals"] = counterfactual_run(profile, "pretrain")
-    return Run("pretrain", method, settings, runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.pretrain {profile.cli()} --method {method}"
-                      f"  (or: make pretrain {profile.make_args()})")
-
-
-def load_pretrained_state(profile: Profile, method: str) -> dict[str, torch.Tensor]:
-    """The pre-trained weights of ``method`` (verified); an error names the command if not made yet."""
-    run = pretrain_run(profile, method).require()
-    return load_checkpoint(run.artifact("model.pt"))["model"]
-
-
 def _lr_lambda(cfg) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -457,13 +430,6 @@ def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
             w.writeheader()
             for r in rows:
                 w.writerow({"step": int(r["step"]), "loss": r["loss"], "lr": r["lr"]})
-
-
-def read_losses(profile: Profile, method: str):
-    """The loss log of a finished run as a DataFrame (step, loss, lr)."""
-    import pandas as pd
-
-    return pd.read_csv(pretrain_run(profile, method).require().artifact("losses.csv"))
 
 
 @entry_point

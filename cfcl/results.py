@@ -27,7 +27,7 @@ from cfcl import metrics
 from cfcl.claims import RUN_COLUMNS, PerSeed
 from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
-from cfcl.finetune import fold_metrics, fold_runs, load_fold
+from cfcl.read.finetune import fold_metrics, fold_runs, load_fold
 from cfcl.methods import FINETUNE_METHODS, METHODS, TABLE2_COLUMNS
 from cfcl.replicates import replicate_profiles
 

@@ -49,7 +49,6 @@ run interrupted after any checkpoint (``last.pt``, every tenth of the run) resum
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from typing import Sequence
@@ -61,19 +60,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cfcl.cli import entry_point, profile_of, profile_parser
-from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile, key_section
-from cfcl.data import data_run, load_split
+from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
+from cfcl.data import load_split
 from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
 from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
 from cfcl.parents import parents_tensor, to_model_space
-from cfcl.paths import atomic_path, runs_dir
+from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
+from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings, counterfactual_model_run,  # noqa: F401  (re-exported)
+                             elbo_only)
 from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 
 CHECKPOINT_NAME = "hvae_cf.pt"
-#: Images the ELBO constraint ``eps`` is measured on (all of the split up to this many).
-EPS_IMAGES = 2048
 #: ``FLIPS[k, j] = 1`` where intervention ``INTERVENTIONS[k]`` flips parent ``PARENTS[j]``.
 FLIPS = torch.tensor([[float(p in INTERVENED_PARENTS[k]) for p in PARENTS] for k in INTERVENTIONS])
 LOG_COLUMNS = ("step", "loss", "aux", *(f"aux_{p}" for p in PARENTS), "cycle", "elbo", "nll", "kl", "eps",
@@ -83,36 +82,6 @@ LOG_COLUMNS = ("step", "loss", "aux", *(f"aux_{p}" for p in PARENTS), "cycle", "
 # --------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------
-#: Fixed choices of the fine-tuning that its key records: the kept parents' target is the predictors'
-#: reading of ``x`` (``"predicted"``), and no minimality term (weight 0).
-FIXED = {"cf_keep": "predicted", "cf_l1": 0.0}
-
-
-def cf_settings(profile: Profile) -> dict:
-    """The settings the fine-tuning run reads (its key): the ``hvae.cf_*`` settings but
-    ``cf_batch_size`` (:func:`cfcl.config.key_section`), and :data:`FIXED`."""
-    hv = profile.hvae
-    cf = {k: v for k, v in key_section(profile, "hvae").items() if k.startswith("cf_") and k != "cf_batch_size"}
-    return {"cf": {**cf, **FIXED}, "batch_size": hv.batch_size, "beta": hv.beta, "grad_clip": hv.grad_clip,
-            "grad_skip": hv.grad_skip, "ema_rate": hv.ema_rate, "weight_decay": WEIGHT_DECAY,
-            "abduction_t": 0.0, "eps_images": EPS_IMAGES, "seed": profile.seed}
-
-
-def cf_finetune_run(profile: Profile) -> Run:
-    """The counterfactually fine-tuned HVAE of ``profile`` (see the module docstring); made by
-    :func:`finetune_counterfactuals`. Upstream: the ELBO run, the parent predictors, the data."""
-    from cfcl.classifiers import classifier_run
-
-    upstream = {"hvae": hvae_run(profile), "classifiers": classifier_run(profile),
-                "data/pretrain": data_run(profile, "pretrain")}
-    return Run("hvae_cf", "hvae_cf", cf_settings(profile), runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.hvae.cf_finetune {profile.cli()}  (or: make hvae {profile.make_args()})")
-
-
-def counterfactual_model_run(profile: Profile) -> Run:
-    """The run whose model draws the counterfactuals: the fine-tuned one when
-    ``hvae.cf_finetune_steps > 0``, else the ELBO run."""
-    return cf_finetune_run(profile) if profile.hvae.cf_finetune_steps > 0 else hvae_run(profile)
 
 
 def load_counterfactual_model(profile: Profile, ema: bool = True) -> HVAE:
@@ -125,14 +94,6 @@ def load_counterfactual_model(profile: Profile, ema: bool = True) -> HVAE:
     model = HVAE.from_config(ck["model_config"])
     model.load_state_dict(ck["ema" if ema else "model"])
     return model.eval()
-
-
-def elbo_only(profile: Profile) -> Profile:
-    """``profile`` with counterfactual fine-tuning off (``hvae.cf_finetune_steps=0``): its
-    counterfactuals come from the ELBO-only HVAE (the "before" of notebook 02)."""
-    over = tuple(o for o in profile.overrides if not o.startswith("hvae.cf_finetune_steps="))
-    return dataclasses.replace(profile, hvae=dataclasses.replace(profile.hvae, cf_finetune_steps=0),
-                               overrides=over + ("hvae.cf_finetune_steps=0",))
 
 
 def read_cf_log(profile: Profile) -> pd.DataFrame:

@@ -15,7 +15,6 @@ exactly; it is removed when the run finishes. ``python -m cfcl.hvae --profile cp
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -25,22 +24,15 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from cfcl.config import HVAEConfig, Profile
-from cfcl.data import ChestSplit, data_run, load_split
+from cfcl.config import Profile
+from cfcl.data import ChestSplit, load_split
 from cfcl.device import default_device
 from cfcl.hvae.model import HVAE
 from cfcl.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
-from cfcl.paths import atomic_path, runs_dir
+from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
+from cfcl.read.hvae import NOT_TRAINING, WARMUP_STEPS, WEIGHT_DECAY, hvae_run  # noqa: F401  (re-exported)
 from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
-
-WEIGHT_DECAY = 0.01
-WARMUP_STEPS = 100
-# HVAE settings that do not change the ELBO-trained model (they are not part of its key): the parent
-# predictors' (``classifier_*``, ``judge_*``), counterfactual generation and fine-tuning (``cf_*``, the run of
-# :mod:`cfcl.hvae.cf_finetune`).
-NOT_TRAINING = tuple(f.name for f in dataclasses.fields(HVAEConfig)
-                     if f.name.startswith(("classifier_", "judge_", "cf_")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,13 +81,6 @@ def train_step(model: HVAE, ema: HVAE, optimizer: torch.optim.Optimizer, x: torc
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
-def hvae_run(profile: Profile) -> Run:
-    """The HVAE run of ``profile`` (see the module docstring); made by :func:`train_hvae`."""
-    settings = {"hvae": profile.section("hvae", exclude=NOT_TRAINING), "image_size": profile.data.image_size,
-                "seed": profile.seed, "weight_decay": WEIGHT_DECAY, "warmup_steps": WARMUP_STEPS}
-    upstream = {"data/pretrain": data_run(profile, "pretrain"), "data/val": data_run(profile, "val")}
-    return Run("hvae", "hvae", settings, runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.hvae {profile.cli()}  (or: make hvae {profile.make_args()})")
 
 
 def build_model(profile: Profile) -> HVAE:
