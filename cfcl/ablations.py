@@ -55,6 +55,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cfcl.config import get_profile
+from cfcl.methods import FINETUNE_METHODS, METHODS
+
 if TYPE_CHECKING:  # plain Python at import: the Makefile asks `python3 -m cfcl.ablations plan`
     import pandas as pd
 
@@ -172,7 +175,6 @@ def make_plan(profile, names: list[str] | None = None) -> list[tuple[str, str, s
     unknown = [n for n in names or () if n not in ABLATIONS]
     if unknown:
         raise SystemExit(f"unknown ablation(s) {unknown}; choose among {list(ABLATIONS)}")
-    from cfcl.methods import FINETUNE_METHODS
 
     return [(variant, " ".join([*profile.overrides, *over.split()]),
              " ".join(m for m in FINETUNE_METHODS if m in methods))
@@ -181,8 +183,6 @@ def make_plan(profile, names: list[str] | None = None) -> list[tuple[str, str, s
 
 def arm_profile(profile, ablation: str, arm: str):
     """The profile of one arm: ``profile``'s overrides plus the arm's, under the arm's variant."""
-    from cfcl.config import get_profile
-
     over = _resolve(ABLATIONS[ablation].arms[arm], profile)
     return get_profile(profile.name, [*profile.overrides, *over.split()], _arms(profile)[over][0])
 
@@ -277,7 +277,6 @@ def contrasts(tables: dict[tuple[str, str], pd.DataFrame], ablation: str, metric
 
     from cfcl import stats
     from cfcl.claims import paired
-    from cfcl.methods import METHODS
 
     ab = ABLATIONS[ablation]
     if ab.cell is not None and ab.cell[1] == 1:  # a cell of effusion images: DSC_PE would repeat DSC
@@ -327,7 +326,6 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2 or args[0] != "plan":
         raise SystemExit("usage: python -m cfcl.ablations plan PROFILE [NAME ...] [-- OVERRIDES [VARIANT]]")
-    from cfcl.config import get_profile
 
     names, over = args[2:], []
     if "--" in names:

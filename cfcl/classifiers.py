@@ -49,9 +49,10 @@ from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.data import load_split
 from cfcl.device import default_device
-from cfcl.parents import parents_tensor, to_model_space
+from cfcl.parents import intervene, parents_tensor, to_model_space
 from cfcl.progress import tqdm
-from cfcl.read.classifiers import AUGMENT, PHOTOMETRIC, PHOTOMETRIC_SHARE, ROLES, classifier_run  # noqa: F401  (re-exported)
+from cfcl.read.classifiers import (AUGMENT, PHOTOMETRIC, PHOTOMETRIC_SHARE, ROLES,  # noqa: F401  (re-exported)
+                                   classifier_run)
 from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 from cfcl.views import AugmentConfig, intensity, random_geometry, warp
 
@@ -137,8 +138,6 @@ def _training_pool(train, role: str) -> tuple[np.ndarray, pd.DataFrame]:
     their exact counterfactuals (each with its intervened parents) where the source has them."""
     images, parents = [np.asarray(train.images)], [train.parents[list(PARENTS)].reset_index(drop=True)]
     if role == "judge" and train.counterfactuals is not None:
-        from cfcl.parents import intervene
-
         cfs = np.asarray(train.counterfactuals)
         for k, name in enumerate(INTERVENTIONS):
             images.append(cfs[:, k])
@@ -260,8 +259,6 @@ def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")
     (``factual`` or ``do(<intervention>)``), ``parent``, ``accuracy``, ``roc_auc``, ``n``, ``positives``.
     A first column ``predictor`` names the role (teacher, judge). Needs the trained predictors (an error
     names the command)."""
-    from cfcl.parents import intervene
-
     frames = []
     for role in ROLES:
         model = load_classifiers(profile, role)

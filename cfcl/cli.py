@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Any, Callable, TypeVar
 
+from cfcl.config import get_profile
 from cfcl.paths import WriteError
 from cfcl.runs import ArtifactError, MissingRunError
 
@@ -45,8 +46,6 @@ def profile_parser(prog: str, description: str | None = None,
 
 def profile_of(args: argparse.Namespace):
     """The validated profile of parsed :func:`profile_parser` arguments."""
-    from cfcl.config import get_profile
-
     return get_profile(args.profile, args.overrides, args.variant)
 
 

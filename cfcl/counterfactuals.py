@@ -23,16 +23,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import CF_SOURCES, INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
-from cfcl.data import load_split
+from cfcl.data import SPLITS, load_split
 from cfcl.device import default_device
 from cfcl.hvae import HVAE, elbo_only, load_counterfactual_model
 from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
-from cfcl.read.counterfactuals import (ARRAY_NAME, QUALITY_NAME, QUALITY_VERSION, SEX_CONFIDENCE,  # noqa: F401  (re-exported)
-                                       counterfactual_run, quality_run)
+from cfcl.read.counterfactuals import (ARRAY_NAME, QUALITY_NAME, QUALITY_VERSION,  # noqa: F401  (re-exported)
+                                       SEX_CONFIDENCE, counterfactual_run, quality_run)
 from cfcl.runs import Run, reserve
 
 
@@ -265,8 +266,6 @@ def _model_rows(profile: Profile, split: str, method: str, x: np.ndarray, data, 
                 oracle: np.ndarray | None, threshold: float, progress: bool, t: float, alpha: float,
                 teacher=None) -> list[dict]:
     """Quality rows of the counterfactual model of ``profile`` (generating its split if needed)."""
-    from cfcl.classifiers import predict_parents
-
     model = load_counterfactual_model(profile).to(default_device())
     cf = np.asarray(generate(profile, split, progress=progress, t=t, alpha=alpha))
     pa = parents_tensor(data.parents)
@@ -313,8 +312,6 @@ def evaluate(profile: Profile, split: str = "test", threshold: float = 0.1, prog
 
 def _evaluate(profile: Profile, split: str, threshold: float, progress: bool, t: float, alpha: float,
               before: bool) -> pd.DataFrame:
-    from cfcl.classifiers import load_classifiers, predict_parents
-
     data = load_split(profile, split)
     x = np.asarray(data.images)
     clf, teacher = load_classifiers(profile, "judge"), load_classifiers(profile, "teacher")
@@ -433,8 +430,6 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m cfcl.counterfactuals --profile cpu [--splits pretrain test] [--evaluate]``: generate (or
     verify) the HVAE counterfactuals of the named splits (the HVAE must be trained); with ``--evaluate``,
     also their quality table (:func:`evaluate`; needs the parent predictors)."""
-    from cfcl.data import SPLITS
-
     ap = profile_parser("python -m cfcl.counterfactuals", main.__doc__)
     ap.add_argument("--splits", nargs="*", default=["pretrain", "test"], choices=list(SPLITS))
     ap.add_argument("--alpha", type=float, default=1.0, help="mixture abduction (1: the posterior alone)")

@@ -24,11 +24,12 @@ import pandas as pd
 import torch
 
 from cfcl import chromap, metrics
-from cfcl.config import Profile
+from cfcl.config import INTERVENTIONS, Profile
 from cfcl.data import load_split
 from cfcl.methods import METHODS
 from cfcl.models import network
 from cfcl.read.pretrain import load_pretrained_state
+from cfcl.results import changed_regions
 
 
 def embeddings(profile: Profile, method: str, split: str = "val", n_images: int | None = None) -> dict[str, np.ndarray]:
@@ -119,9 +120,6 @@ def invariance(profile: Profile, method: str, n_images: int | None = None) -> pd
     effusion region of either image; for do(scanner) the whole image is "outside"), over the first
     ``n_images`` (default ``latent.n_images``) validation images. One row per intervention with
     ``inside``, ``outside`` and ``n_inside`` (pixels). Needs exact counterfactuals (the phantom)."""
-    from cfcl.config import INTERVENTIONS
-    from cfcl.results import changed_regions
-
     n = n_images or profile.latent.n_images
     data = load_split(profile, "val")
     if data.counterfactuals is None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfcl.config import UNET_DECODER_CHANNELS
-
+from cfcl.methods import get
 
 N_CLASSES = 3
 
@@ -203,8 +203,6 @@ def network(cfg) -> CFCLNet:
 def transfer_prefixes(method: str) -> tuple[str, ...]:
     """Which parts of the pre-trained U-Net initialise the fine-tuned one (paper section 3;
     the method registry, :mod:`cfcl.methods`, says per method)."""
-    from cfcl.methods import get
-
     return get(method).transfer
 
 

@@ -52,13 +52,15 @@ from torch.profiler import record_function
 from cfcl import losses, views
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import Profile
+from cfcl.counterfactuals import get_counterfactuals
 from cfcl.data import ChestSplit, load_split
-from cfcl.methods import METHODS, Method, get
 from cfcl.device import default_device
+from cfcl.methods import METHODS, Method, get
 from cfcl.models import network
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
-from cfcl.read.pretrain import ADDED_LATER, NOT_TRAINING, load_pretrained_state, pretrain_run, read_losses  # noqa: F401  (re-exported)
+from cfcl.read.pretrain import (ADDED_LATER, NOT_TRAINING, load_pretrained_state,  # noqa: F401  (re-exported)
+                                pretrain_run, read_losses)
 from cfcl.runs import Run, resume, save_checkpoint
 
 
@@ -89,8 +91,6 @@ class PretrainData:
         self.gain = profile.pretrain.cf_gain
         self.cf = cf
         if get(method, pretrained=True).views == "cf" and cf is None:
-            from cfcl.counterfactuals import get_counterfactuals
-
             self.cf = get_counterfactuals(profile, "pretrain", source=profile.pretrain.cf_source)
         if self.cf is not None and (self.cf.shape[0] != len(self.images) or self.cf.shape[2:] != self.images.shape[1:]):
             raise ValueError(f"counterfactuals have shape {self.cf.shape}, images {self.images.shape}")

@@ -25,6 +25,7 @@ import sys
 
 from cfcl.cli import entry_point
 from cfcl.config import Profile, get_profile
+from cfcl.methods import FINETUNE_METHODS, METHODS, select
 
 
 def replicate_profiles(profile: Profile) -> list[Profile]:
@@ -49,8 +50,6 @@ def plan(profile: Profile, methods: tuple[str, ...] | None = None) -> list[tuple
     """``(variant, overrides, methods)`` of every replicate beyond the profile's own: what ``make
     reproduce`` fine-tunes (pre-training first) before the results. ``methods``: the rows asked for
     (default: all); only the pre-trained ones have replicates."""
-    from cfcl.methods import FINETUNE_METHODS, METHODS
-
     rows = [m for m in (methods or FINETUNE_METHODS) if METHODS[m].pretrained]
     return [(p.variant, " ".join(p.overrides), " ".join(rows)) for p in replicate_profiles(profile)[1:]] if rows else []
 
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2 or args[0] != "plan":
         raise SystemExit("usage: python -m cfcl.replicates plan PROFILE [-- OVERRIDES [variant=V] [only=m1,m2]]")
-    from cfcl.methods import FINETUNE_METHODS, select
 
     over = args[args.index("--") + 1:] if "--" in args else []
     variant = next((o[len("variant="):] for o in over if o.startswith("variant=")), "")

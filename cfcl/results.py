@@ -25,11 +25,14 @@ import pandas as pd
 
 from cfcl import metrics
 from cfcl.claims import RUN_COLUMNS, PerSeed
-from cfcl.config import INTERVENTIONS, Profile
-from cfcl.data import load_split
-from cfcl.read.finetune import fold_metrics, fold_runs, load_fold
+from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, Profile
+from cfcl.data import load_split, phantom
 from cfcl.methods import FINETUNE_METHODS, METHODS, TABLE2_COLUMNS
+from cfcl.outputs import figure_path
+from cfcl.paths import atomic_path
+from cfcl.read.finetune import fold_metrics, fold_runs, load_fold
 from cfcl.replicates import replicate_profiles
+from cfcl.stats import bootstrap_ci
 
 COLUMNS = TABLE2_COLUMNS
 
@@ -76,8 +79,6 @@ def changed_regions(profile: Profile, split: str = "test") -> np.ndarray | None:
     counterfactuals."""
     if profile.data.source != "phantom":
         return None
-    from cfcl.config import INTERVENED_PARENTS
-    from cfcl.data import phantom
 
     data = load_split(profile, split)
     noise = phantom.load_noise(profile.data, split)
@@ -250,9 +251,6 @@ def run_table(models: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def write_runs(runs: pd.DataFrame, profile: Profile, stem: str) -> Path:
     """``figures/<label>/<stem>.csv`` from a long per-run table, floats to 4 decimals (1/100 of a DSC
     point: a few MB for thousands of images x dozens of runs), written atomically."""
-    from cfcl.outputs import figure_path
-    from cfcl.paths import atomic_path
-
     path = figure_path(profile, f"{stem}.csv")
     with atomic_path(path) as tmp:
         runs.to_csv(tmp, index=False, float_format="%.4f")
@@ -286,8 +284,6 @@ def table2_test(per_image: dict[str, pd.DataFrame], n_boot: int = 10000, seed: i
     """Table 2's columns on the held-out test split: per method the mean over test images of the
     per-image metrics (:func:`test_per_image`) with a 95 % bootstrap interval over images and ``n``.
     DSC columns in %; HD95 and ASD in pixels."""
-    from cfcl.stats import bootstrap_ci
-
     cols = {"DSC": ("dsc", None), "DSC_NF": ("dsc", 0), "DSC_PE": ("dsc", 1), "HD95": ("hd95", None),
             "ASD": ("asd", None)}
     rows = []

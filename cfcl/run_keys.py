@@ -23,8 +23,17 @@ import io
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from cfcl.ablations import make_plan
 from cfcl.config import Profile, get_profile
+from cfcl.data import SPLITS, data_run
+from cfcl.methods import FINETUNE_METHODS, METHODS
 from cfcl.paths import atomic_path, figures_dir
+from cfcl.read.classifiers import classifier_run
+from cfcl.read.counterfactuals import counterfactual_run, quality_run
+from cfcl.read.finetune import finetune_runs
+from cfcl.read.hvae import counterfactual_model_run, elbo_only
+from cfcl.read.pretrain import pretrain_run
+from cfcl.replicates import replicate_profiles
 from cfcl.runs import Run
 
 COLUMNS = ("variant", "stage", "label", "key")
@@ -35,11 +44,6 @@ STAGE_ORDER = ("phantom", "padchest", "classifiers", "hvae", "hvae_cf", "counter
 
 def _own_runs(profile: Profile) -> list[tuple[str, Run]]:
     """``(variant, run)`` of the runs notebooks 00-06 read under ``profile`` (upstream not yet followed)."""
-    from cfcl.classifiers import classifier_run
-    from cfcl.counterfactuals import counterfactual_run, quality_run
-    from cfcl.data import SPLITS, data_run
-    from cfcl.hvae import counterfactual_model_run, elbo_only
-
     runs = [data_run(profile, s) for s in SPLITS]
     runs += [classifier_run(profile, "teacher"), classifier_run(profile, "judge"), counterfactual_model_run(profile)]
     runs += [counterfactual_run(profile, s) for s in ("test", "pretrain")]
@@ -53,11 +57,6 @@ def _training_runs(profile: Profile, methods: Sequence[str] | None = None) -> li
     """``(variant, run)`` of the pre-training and fine-tuning runs of ``methods`` (default: all) over the
     profile's pre-training replicates (:func:`cfcl.replicates.replicate_profiles`, each under its own
     variant) and fine-tuning seeds."""
-    from cfcl.finetune import finetune_runs
-    from cfcl.methods import FINETUNE_METHODS, METHODS
-    from cfcl.pretrain import pretrain_run
-    from cfcl.replicates import replicate_profiles
-
     methods = FINETUNE_METHODS if methods is None else methods
     runs: list[tuple[str, Run]] = []
     for k, prof in enumerate(replicate_profiles(profile)):
@@ -71,10 +70,11 @@ def _training_runs(profile: Profile, methods: Sequence[str] | None = None) -> li
 
 
 def _arm_runs(profile: Profile) -> list[tuple[str, Run]]:
-    """``(variant, run)`` of the ablation arms beyond the profile's own run (:func:`cfcl.ablations.make_plan`)."""
-    from cfcl.ablations import make_plan
-
+    """``(variant, run)`` of the ablation arms beyond the profile's own run (:func:`cfcl.ablations.make_plan`);
+    none for real data (the ablations are the phantom's: their arms need its exact counterfactuals)."""
     out = []
+    if profile.data.source != "phantom":
+        return out
     for variant, overrides, methods in make_plan(profile):
         if variant == profile.variant:
             continue

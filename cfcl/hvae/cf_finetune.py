@@ -59,6 +59,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cfcl.classifiers import augment as warp_like_predictors
+from cfcl.classifiers import load_classifiers
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
 from cfcl.data import load_split
@@ -68,8 +70,8 @@ from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, loa
 from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
-from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings, counterfactual_model_run,  # noqa: F401  (re-exported)
-                             elbo_only)
+from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings,  # noqa: F401  (re-exported)
+                            counterfactual_model_run, elbo_only)
 from cfcl.runs import Run, load_checkpoint, resume, save_checkpoint
 
 CHECKPOINT_NAME = "hvae_cf.pt"
@@ -177,8 +179,6 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     Returns floats ``loss``, ``aux`` (summed over parents), ``aux_<parent>``, ``elbo`` (the
     negative ELBO, nats per pixel), ``nll``, ``kl``, ``eps``, ``lambda`` (after the step),
     ``grad_norm`` and ``skipped``."""
-    from cfcl.classifiers import augment as warp_like_predictors
-
     model.train()
     predictor.eval()
     opt.zero_grad(set_to_none=True)
@@ -260,8 +260,6 @@ def finetune_counterfactuals(profile: Profile, progress: bool = True, max_steps:
 
 
 def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None) -> Run:
-    from cfcl.classifiers import load_classifiers
-
     hv = profile.hvae
     started = time.perf_counter()
     start = load_checkpoint(run.upstream["hvae"].artifact("hvae.pt"))

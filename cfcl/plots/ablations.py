@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from cfcl.methods import METHODS
 from cfcl.plots import forest
 
 METRIC_NAMES = forest.METRIC_NAMES
@@ -38,8 +39,6 @@ def plot_length(contrasts: pd.DataFrame, title: str = "", baseline: str = "none"
     pre-training steps (log axis), with its interval at the family's level; filled markers where the
     verdict is not inconclusive. Reads the ``a``, ``b`` and ``steps`` columns of
     :func:`cfcl.ablations.contrasts`."""
-    from cfcl.methods import METHODS
-
     gaps = contrasts[(contrasts["b"] == baseline) & contrasts["steps"].notna()]
     metrics = [m for m in METRIC_NAMES if m in set(gaps["metric"])]
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 3.2), squeeze=False)

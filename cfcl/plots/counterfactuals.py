@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from cfcl.config import INTERVENTIONS, PARENTS
+from cfcl.counterfactuals import changed_region_dice
 from cfcl.parents import PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
 
 _SHORT = {"sex": ("F", "M"), "scanner": ("IDC", "Philips"), "effusion": ("no PE", "PE")}
@@ -162,8 +163,6 @@ def plot_changed_regions(images: np.ndarray, parents: pd.DataFrame, before: np.n
     """The changed regions ``|cf - x| > threshold * 255`` that ``changed_dice`` compares, for one
     intervention: x, then the region of the HVAE before and after fine-tuning (each with its Dice to
     the exact region) and the exact region."""
-    from cfcl.counterfactuals import changed_region_dice
-
     k = INTERVENTIONS.index(intervention)
     indices = pick_examples(parents, n=6) if indices is None else indices
     fig, axes = _grid(len(indices), 4)

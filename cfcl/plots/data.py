@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from cfcl.config import INTERVENTIONS, SEX
-from cfcl.data import ChestSplit
+from cfcl.data import ChestSplit, phantom
 
 SCANNER_SHORT = ("ImagingDynamics", "Philips")
 CELL_COLUMNS = ["sex", "scanner", "effusion"]
@@ -142,8 +142,6 @@ def plot_counterfactual_grid(split: ChestSplit, indices: list[int]) -> plt.Figur
 def plot_sizes(noise: dict[str, np.ndarray], parents: pd.DataFrame, sizes: tuple[int, ...] = (64, 128, 256)
                ) -> plt.Figure:
     """The same items rendered at several sizes from their stored noise, with gold outlines."""
-    from cfcl.data import phantom
-
     renders = [phantom.render(noise, parents, s) for s in sizes]
     fig, axes = plt.subplots(len(parents), len(sizes), figsize=(2.6 * len(sizes), 2.6 * len(parents)),
                              squeeze=False)

@@ -6,11 +6,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cfcl.chromap import overlay
+from cfcl.methods import METHODS
+
 
 def display_name(method: str) -> str:
     """The paper's name of a method key (``"s_dvd_cl"`` -> ``"S-DVD-CL"``); other text is kept."""
-    from cfcl.methods import METHODS
-
     return METHODS[method].display if method in METHODS else method
 
 
