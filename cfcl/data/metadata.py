@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from cfcl.config import SCANNER, SEX
+from cfcl.data.anatomy import torchxrayvision_data_dir
 
 METADATA_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 REQUIRED_COLUMNS = ("ImageID", "ImageDir", "PatientID", "PatientSex_DICOM", "Projection",
@@ -41,8 +42,6 @@ EMPTY_KNOWN = ("PatientSex_DICOM",)  # columns where an empty cell is a known va
 
 def default_metadata_path() -> Path:
     """The copy of the PadChest metadata shipped by torchxrayvision (found without importing it)."""
-    from cfcl.data.anatomy import torchxrayvision_data_dir
-
     return torchxrayvision_data_dir() / METADATA_NAME
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, DataConfig
 from cfcl.data.anatomy import ShapeBank, load_shape_bank, torchxrayvision_data_dir
+from cfcl.data.metadata import METADATA_NAME, joint_distribution
 from cfcl.paths import atomic_path, cache_dir
 
 SPLIT_CODES = {"pretrain": 0, "val": 1, "annotated": 2, "test": 3}
@@ -40,8 +41,6 @@ def real_joint() -> pd.DataFrame:
     target = cache_dir() / "phantom" / "padchest_joint.csv"
     if target.exists():
         return pd.read_csv(target)
-    from cfcl.data.metadata import METADATA_NAME, joint_distribution
-
     joint = joint_distribution(torchxrayvision_data_dir() / METADATA_NAME)
     joint = joint[["sex", "scanner", "effusion", "count", "p"]].reset_index(drop=True)
     with atomic_path(target) as tmp:
