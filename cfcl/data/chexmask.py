@@ -42,6 +42,7 @@ import pandas as pd
 
 from cfcl.data.framing import preprocess_mask, resize_nearest
 from cfcl.data.metadata import check_complete
+from cfcl.data.split import DataWarning
 
 COLUMNS = ("ImageID", "Dice RCA (Mean)", "Dice RCA (Max)", "Landmarks", "Left Lung", "Right Lung",
            "Heart", "Height", "Width")
@@ -116,8 +117,6 @@ def read_chexmask(path: str | os.PathLike, columns: tuple[str, ...] = NEEDED_COL
     Returns a DataFrame indexed by ``ImageID`` (a repeated ImageID keeps its first row, with a
     counted :class:`cfcl.data.DataWarning`). ``Height``/``Width`` are int, Dice RCA columns float.
     """
-    from cfcl.data import DataWarning
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CheXmask CSV not found: {path} (setting data.chexmask_csv)")

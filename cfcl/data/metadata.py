@@ -24,6 +24,7 @@ import pandas as pd
 
 from cfcl.config import SCANNER, SEX
 from cfcl.data.anatomy import torchxrayvision_data_dir
+from cfcl.data.split import DataWarning
 
 METADATA_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 REQUIRED_COLUMNS = ("ImageID", "ImageDir", "PatientID", "PatientSex_DICOM", "Projection",
@@ -135,8 +136,6 @@ def filter_metadata(df: pd.DataFrame, strip_labels: bool = False, source: str | 
     :class:`cfcl.data.DataWarning` naming ``source`` (default: the file :func:`read_metadata` read)
     and counting the rows.
     """
-    from cfcl.data import DataWarning
-
     source = source or df.attrs.get("source", "PadChest metadata")
     dup = df["ImageID"].duplicated(keep="first")
     if dup.any():

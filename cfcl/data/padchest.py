@@ -72,11 +72,11 @@ import pandas as pd
 from PIL import Image
 
 from cfcl.config import EFFUSION, SCANNER, SEX, DataConfig
-from cfcl.data import ChestSplit
 from cfcl.data import chexmask as cm
 from cfcl.data.framing import content_box, pad_to_square, preprocess_mask, resize_image
 from cfcl.data import gold as gd
 from cfcl.data.metadata import filter_metadata, read_metadata
+from cfcl.data.split import ChestSplit, DataWarning
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 
@@ -273,8 +273,6 @@ def _take_patients(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame
 def _drop_empty_lungs(chex: pd.DataFrame, passing: pd.Index, source: str) -> pd.DataFrame:
     """CheXmask without the rows that pass the Dice RCA cut but have an empty lung, which are
     counted in a :class:`cfcl.data.DataWarning` (rows below the cut never enter the pool)."""
-    from cfcl.data import DataWarning
-
     empty = cm.empty_lungs(chex)
     bad = empty.any(axis=1) & chex.index.isin(passing)
     if bad.any():
@@ -385,8 +383,6 @@ def _plan(cfg: DataConfig, opts: PadChestOptions) -> _Sources:
             raise ValueError(f"PadChest splits come up short: {'; '.join(short)}. Inputs: {where}; counts: {counts}. "
                              "Fix the inputs (see the warnings above: misspelt values, dropped rows), lower the "
                              "size settings, or set data.allow_short_split=true to accept short splits")
-        from cfcl.data import DataWarning
-
         for item in short:
             warnings.warn(f"{item} (accepted: data.allow_short_split=true)", DataWarning, stacklevel=2)
     return _Sources(chexmask=chex, assignment=assignment, counts=counts)

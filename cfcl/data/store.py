@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cfcl.config import DATA_SOURCES, DataConfig
-from cfcl.data import ChestSplit
+from cfcl.data.split import SPLITS, ChestSplit
 from cfcl.paths import cache_dir
 from cfcl.runs import Run
 
@@ -50,8 +50,6 @@ def _source_key(cfg: DataConfig, split: str) -> str:
 
 def split_run(cfg: DataConfig, split: str, remake: str = "") -> Run:
     """The data run of one split."""
-    from cfcl.data import SPLITS
-
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "allow_short_split" or v}  # as before it

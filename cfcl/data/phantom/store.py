@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cfcl.config import INTERVENTIONS, DataConfig
-from cfcl.data import ChestSplit
+from cfcl.data.split import ChestSplit
 from cfcl.data.anatomy import BANK_VERSION
 from cfcl.data.phantom import scm
 from cfcl.data.phantom.render import MAX_SIZE, MIN_SIZE, render_with_counterfactuals
