@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from cfcl.config import Profile
 from cfcl.data.split import SPLITS, ChestSplit, DataWarning  # noqa: F401  (re-exported)
+from cfcl.data.store import ensure_split, read_split, source_key, split_run
 from cfcl.runs import Run
 
 
@@ -43,15 +44,12 @@ def data_key(profile: Profile, split: str) -> str:
     """The key of one split: ``<source>-<hash>`` of everything the split reads (phantom: the settings
     of that split and the renderer version; PadChest: settings, options and input files)."""
     _check_split(split)
-    from cfcl.data.store import source_key
 
     return source_key(profile.data, split)
 
 
 def data_run(profile: Profile, split: str) -> Run:
     """The data run of one split (stage = the source, label = the split, key = :func:`data_key`)."""
-    from cfcl.data.store import split_run
-
     return split_run(profile.data, split,
                      remake=f"python -m cfcl.data {profile.cli()}  (or: make data {profile.make_args()})")
 
@@ -61,8 +59,6 @@ def load_split(profile: Profile, split: str) -> ChestSplit:
     :func:`make_data` (notebook 00, ``python -m cfcl.data``): a split not made yet is an error
     naming that command, never made behind the caller's back."""
     _check_split(split)
-    from cfcl.data.store import read_split
-
     if profile.data.source == "padchest":
         from cfcl.data.padchest import check_settings
 
@@ -72,8 +68,6 @@ def load_split(profile: Profile, split: str) -> ChestSplit:
 
 def make_data(profile: Profile, splits: tuple[str, ...] = SPLITS) -> list[ChestSplit]:
     """Make (or verify) the splits of the profile's data: the data stage."""
-    from cfcl.data.store import ensure_split
-
     if profile.data.source == "padchest":
         from cfcl.data.padchest import check_settings
 
