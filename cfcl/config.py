@@ -254,6 +254,13 @@ def key_section(profile: Profile, name: str, exclude: Sequence[str] = ()) -> dic
     return profile.section(name, exclude=tuple(exclude) + tuple(omit))
 
 
+def omitted_at_default(name: str) -> dict[str, Any]:
+    """The settings of section ``name`` declared ``omit_default``, with the default at which
+    :func:`key_section` leaves each out of a key."""
+    cls = type(getattr(PROFILES["smoke"], name))
+    return {f.name: f.default for f in fields(cls) if f.metadata.get("omit_default")}
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}

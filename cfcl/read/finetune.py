@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from cfcl import metrics
-from cfcl.config import UNET_DECODER_CHANNELS, Profile
+from cfcl.config import UNET_DECODER_CHANNELS, Profile, key_section, omitted_at_default
 from cfcl.data import data_run, load_split
 from cfcl.methods import get
 from cfcl.paths import runs_dir
@@ -25,8 +25,8 @@ def fold_runs(profile: Profile) -> list[tuple[int, int]]:
     return [(r, k) for r in range(profile.finetune.seeds) for k in range(profile.finetune.folds)]
 
 
-#: Fine-tuning settings added after runs existed: out of the key at their neutral value (those runs stay valid).
-ADDED_LATER = {"train_healthy": 0, "train_effusion": 0}
+#: Fine-tuning settings added after runs existed (declared ``omit_default``): out of the key at their default.
+ADDED_LATER = omitted_at_default("finetune")
 
 
 def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
@@ -37,8 +37,7 @@ def finetune_run(profile: Profile, method: str, replicate: int = 0) -> Run:
         raise ValueError(f"fine-tuning replicate {replicate} of {method}: the profile has finetune.seeds="
                          f"{profile.finetune.seeds} (replicates 0 to {profile.finetune.seeds - 1})")
     # seeds=1 in the key keeps the keys of runs made before replicates were runs of their own
-    section = profile.section("finetune", exclude=[k for k, v in ADDED_LATER.items()
-                                                   if getattr(profile.finetune, k) == v])
+    section = key_section(profile, "finetune")
     settings = {"method": method, "finetune": {**section, "seeds": 1}, "seed": profile.seed}
     if replicate:
         settings["replicate"] = replicate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cfcl.config import UNET_DECODER_CHANNELS, Profile
+from cfcl.config import Profile, key_section, omitted_at_default
 from cfcl.data import data_run
 from cfcl.methods import get
 from cfcl.paths import runs_dir
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 NOT_TRAINING = ("checkpoint_every", "num_workers", "compile", "seeds")
 
 
-ADDED_LATER = {"cf_gain": 1.0, "labels": "silver", "replicate": 0, "decoder_channels": UNET_DECODER_CHANNELS}
+#: Settings added after runs existed (declared ``omit_default``): out of the key at their default.
+ADDED_LATER = omitted_at_default("pretrain")
 
 
 def pretrain_run(profile: Profile, method: str) -> Run:
@@ -27,9 +28,7 @@ def pretrain_run(profile: Profile, method: str) -> Run:
     spec = get(method, pretrained=True)
     exclude = NOT_TRAINING + (() if spec.views == "cf" else ("cf_source", "cf_gain"))
     exclude += (() if spec.supervised else ("labels",))
-    # Settings added after runs existed stay out of the key at their neutral value (those runs stay valid).
-    exclude += tuple(k for k, v in ADDED_LATER.items() if getattr(profile.pretrain, k) == v)
-    settings = {"method": method, "pretrain": profile.section("pretrain", exclude=exclude), "seed": profile.seed}
+    settings = {"method": method, "pretrain": key_section(profile, "pretrain", exclude), "seed": profile.seed}
     upstream = {"data": data_run(profile, "pretrain")}
     if spec.views == "cf" and profile.pretrain.cf_source == "hvae":
         upstream["counterfactuals"] = counterfactual_run(profile, "pretrain")
