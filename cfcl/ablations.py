@@ -31,6 +31,16 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   the same number of optimiser steps (``finetune.epochs`` scaled, 140 steps at `cpu`): whether pre-training
   (DVD-CL, S-MVD-CL) gains on None, and S-MVD-CL on CheXmask-supervised pre-training, where labels are
   scarce. Its contrasts are method against baseline within each arm.
+- ``schedule``: None fine-tuned with a cosine decay of the learning rate over 1.5 times the profile's
+  epochs (``finetune.schedule=cosine``) against the profile's constant rate: whether a schedule that
+  converges cuts the seed-to-seed spread of fine-tuning (:func:`seed_spread`; run with
+  ``finetune.seeds=3`` or more) at most at 1.5 times the cost;
+- ``ceiling``: None fine-tuned on :data:`CEILING_IMAGES` healthy + as many effusion images with exact masks
+  (two folds: each model trains on half of them; cosine schedule) for :data:`CEILING_EPOCHS` epochs and for
+  half as many (``many_half``: does doubling the training still move it?), against the profile's 56 per
+  fold: the DSC a U-Net attains on the phantom at the profile's resolution when labels are not scarce,
+  the ceiling every pre-training gain is a share of. Only the annotated split and fine-tuning change: the
+  test split is the same, so the contrasts stay paired.
 
 Arms with the same overrides are one run (the dose's g=0 is the ``identity`` source: x itself; g=1 is
 ``oracle``), and an arm without overrides is the profile's own run. Each arm's runs go under
@@ -84,6 +94,10 @@ class Ablation:
 
 #: The low-label regime: images each fold fine-tunes on (the claims issue: 3 healthy + 7 effusion).
 LOW_LABEL = (3, 7)
+#: The ceiling ablation: healthy (and as many effusion) images with exact masks, and epochs over half of them.
+CEILING_IMAGES, CEILING_EPOCHS = 1000, 6
+_CEILING = (f"data.n_annotated_healthy={CEILING_IMAGES} data.n_annotated_effusion={CEILING_IMAGES} "
+            "finetune.folds=2 finetune.schedule=cosine finetune.epochs=")
 
 
 ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
@@ -126,6 +140,12 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
              ("none", "chexmask", "dvd_cl", "s_mvd_cl"),
              tuple((a, arm, b, arm) for arm in ("ten", "all")
                    for a, b in (("dvd_cl", "none"), ("s_mvd_cl", "none"), ("s_mvd_cl", "chexmask")))),
+    Ablation("schedule", "Fine-tuning schedule: cosine decay over 1.5x the epochs against a constant rate",
+             {"constant": "", "cosine": "finetune.schedule=cosine finetune.epochs={epochs_x1_5}"}, ("none",),
+             (("none", "cosine", "none", "constant"),)),
+    Ablation("ceiling", f"The phantom's ceiling: None fine-tuned on {CEILING_IMAGES} + {CEILING_IMAGES} labelled images",
+             {"paper": "", "many_half": _CEILING + str(CEILING_EPOCHS // 2), "many": _CEILING + str(CEILING_EPOCHS)},
+             ("none",), (("none", "many", "none", "paper"), ("none", "many", "none", "many_half"))),
 )}
 METRICS = ("dsc", "dsc_pe", "hidden_recall")
 
@@ -143,12 +163,14 @@ def _steps_per_epoch(n: int, batch: int) -> int:
 def _resolve(over: str, profile) -> str:
     """An arm's overrides for ``profile``: ``{steps_third}``, ``{steps_triple}`` and ``{steps_9x}`` become a
     third of, three and nine times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
-    low-label arm (:data:`LOW_LABEL` images per fold) the profile's number of optimiser steps."""
+    low-label arm (:data:`LOW_LABEL` images per fold) the profile's number of optimiser steps; ``{epochs_x1_5}``
+    1.5 times the profile's fine-tuning epochs."""
     steps, d, ft = profile.pretrain.steps, profile.data, profile.finetune
     n_full = (d.n_annotated_healthy + d.n_annotated_effusion) * (ft.folds - 1) // ft.folds
     per_epoch = _steps_per_epoch(n_full, ft.batch_size), _steps_per_epoch(sum(LOW_LABEL), ft.batch_size)
     return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps, steps_9x=9 * steps,
-                       epochs_low=max(1, round(ft.epochs * per_epoch[0] / per_epoch[1])))
+                       epochs_low=max(1, round(ft.epochs * per_epoch[0] / per_epoch[1])),
+                       epochs_x1_5=max(1, round(1.5 * ft.epochs)))
 
 
 def _arms(profile, names: list[str] | None = None) -> dict[str, tuple[str, set[str]]]:
@@ -317,6 +339,27 @@ def arm_means(tables: dict[tuple[str, str], pd.DataFrame], metrics: tuple[str, .
             if metric == "dsc_pe" or metric in t:
                 row[metric] = 100 * float(np.nanmean(_metric(t, metric))) if len(_metric(t, metric)) else np.nan
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_spread(runs: pd.DataFrame, metric: str = "dsc") -> pd.DataFrame:
+    """How far the fine-tuning seeds of one method and arm lie apart on the test split, from an ablation's
+    per-image rows (``<name>_per_image.csv``: ``arm``, ``method``, ``replicate``, ``seed``, ``image``, the
+    metric): per (arm, method) the number of ``seeds``, each seed's mean (``seed_means``, x 100), their
+    standard deviation ``sd`` and range ``range``, and ``image_sd``: the per-image standard deviation
+    over the seeds averaged over images (x 100; steadier than ``sd`` with few seeds)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for (arm, method), g in runs.groupby(["arm", "method"], sort=False):
+        wide = g.pivot_table(index="image", columns=["replicate", "seed"], values=metric, aggfunc="mean")
+        means = 100 * wide.mean(axis=0).to_numpy()
+        rows.append({"arm": arm, "method": method, "seeds": wide.shape[1],
+                     "seed_means": " ".join(f"{m:.2f}" for m in means),
+                     "sd": float(np.std(means, ddof=1)) if len(means) > 1 else np.nan,
+                     "range": float(np.ptp(means)),
+                     "image_sd": 100 * float(np.nanmean(wide.std(axis=1, ddof=1))) if wide.shape[1] > 1 else np.nan})
     return pd.DataFrame(rows)
 
 

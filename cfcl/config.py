@@ -183,6 +183,9 @@ class FinetuneConfig:
     train_healthy: int = setting(0, lo=0, omit_default=True, doc="healthy images each fold fine-tunes on, drawn from its training "
                                               "folds (0: all of them); the low-label regime (claims issue): 3")
     train_effusion: int = setting(0, lo=0, omit_default=True, doc="effusion images each fold fine-tunes on (0: all); low-label: 7")
+    schedule: str = setting("constant", choices=("constant", "cosine"), omit_default=True,
+                            doc="learning rate over the fold's optimiser steps: constant (the paper is silent), "
+                                "or cosine decay from finetune.lr to 0 (the schedule ablation)")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ the held-out test split (and that split's counterfactuals, for the robustness an
 
 Choices where the paper is silent (parameters in :class:`cfcl.config.FinetuneConfig`): AdamW,
 cross-entropy + soft Dice loss, light geometric augmentation (rotation, zoom, translation with
-exact label warping), the last epoch's weights (no model selection on the test fold).
+exact label warping), a constant learning rate (``finetune.schedule=cosine``: cosine decay to 0 over
+the fold's steps, the ``schedule`` ablation), the last epoch's weights (no model selection on the test fold).
 
 The low-label regime (beyond the paper; the ``low_label`` ablation): with ``finetune.train_healthy`` /
 ``train_effusion`` > 0 each fold fine-tunes on that many healthy / effusion images of its training folds
@@ -159,11 +160,15 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
     if device == "cuda":
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    n, size = len(images), images.shape[-1]
+    sched = None
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * sum(1 for i in range(0, n, cfg.batch_size) if n - i >= 2)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total))
     x_all = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]
     y_all = torch.from_numpy(np.asarray(gold, dtype=np.float32))[:, None]
     aug = views.AugmentConfig(**FINETUNE_AUGMENT)
     gen = torch.Generator().manual_seed(seed)
-    n, size = len(images), images.shape[-1]
     model.train()
     desc = f"finetune {method} fold {fold}" + (f" seed {replicate}" if replicate else "")
     for _ in tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False):
@@ -174,6 +179,8 @@ def train_fold(profile: Profile, method: str, images: np.ndarray, gold: np.ndarr
                 continue
             x, y = augment_batch(x_all[idx], y_all[idx], aug, gen)  # on the CPU: the same draws on any device
             train_step(model, opt, x.to(device), y.to(device))
+            if sched is not None:
+                sched.step()
     return model
 
 

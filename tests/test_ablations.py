@@ -136,3 +136,35 @@ def test_length_arms_have_steps_and_seeds_and_its_curve_is_plotted(tmp_path):
     assert len(axes) == 3 and all(ax.get_xscale() == "log" for ax in axes)
     assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["DVD-CL", "VADeR"]
     plt.close(fig)
+
+
+def test_schedule_and_ceiling_arms_change_only_what_they_name():
+    """The schedule arm: cosine over 1.5x the epochs (30 at cpu); the ceiling arms: 1,000 + 1,000 annotated
+    images in two folds. Neither touches the test split (so contrasts stay paired) nor the profile's None."""
+    from cfcl.data import data_key
+    from cfcl.read.finetune import finetune_run
+
+    cpu = get_profile("cpu")
+    cos = ab.arm_profile(cpu, "schedule", "cosine")
+    assert (cos.finetune.schedule, cos.finetune.epochs, cos.label) == ("cosine", 30, "cpu-abl-schedule-cosine")
+    many = ab.arm_profile(cpu, "ceiling", "many")
+    half = ab.arm_profile(cpu, "ceiling", "many_half")
+    assert (many.data.n_annotated_healthy, many.data.n_annotated_effusion, many.finetune.folds) == (1000, 1000, 2)
+    assert (many.finetune.epochs, half.finetune.epochs) == (ab.CEILING_EPOCHS, ab.CEILING_EPOCHS // 2)
+    assert data_key(many, "test") == data_key(cpu, "test") and data_key(many, "pretrain") == data_key(cpu, "pretrain")
+    assert data_key(many, "annotated") != data_key(cpu, "annotated")
+    assert ab.arm_profile(cpu, "ceiling", "paper") == cpu
+    assert len({finetune_run(p, "none").key for p in (cpu, cos, many, half)}) == 4
+
+
+def test_seed_spread_on_hand_made_seeds():
+    """Three seeds whose per-image DSC is the image's value + 0, +0.02, +0.04: seed means 1 point apart (sd 1,
+    range 2), per-image sd 2 points; a one-seed arm has no spread."""
+    base = np.linspace(0.8, 0.9, 5)
+    rows = [{"arm": "a", "method": "none", "replicate": 0, "seed": s, "image": i, "dsc": v + 0.02 * s}
+            for s in range(3) for i, v in enumerate(base)]
+    rows += [{"arm": "b", "method": "none", "replicate": 0, "seed": 0, "image": i, "dsc": v} for i, v in enumerate(base)]
+    out = ab.seed_spread(pd.DataFrame(rows)).set_index("arm")
+    assert out.loc["a", "seeds"] == 3 and out.loc["a", "seed_means"] == "85.00 87.00 89.00"
+    assert out.loc["a", ["sd", "range", "image_sd"]].tolist() == pytest.approx([2.0, 4.0, 2.0])
+    assert out.loc["b", "seeds"] == 1 and np.isnan(out.loc["b", "sd"]) and out.loc["b", "range"] == 0

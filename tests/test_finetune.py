@@ -129,3 +129,24 @@ def test_low_label_regime_fine_tunes_each_fold_on_the_asked_images_the_same_for_
     # a setting added later: out of the key at its neutral value, in it otherwise
     assert ft.finetune_run(full, "none").settings["finetune"].keys().isdisjoint(ft.ADDED_LATER)
     assert ft.finetune_run(low, "none").key != ft.finetune_run(full, "none").key
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_schedule_sets_the_learning_rate_of_every_step(schedule, monkeypatch):
+    """constant: finetune.lr at every step; cosine: finetune.lr at the first step, then down the cosine to 0
+    over the fold's steps (10 images, batches of 4 -> 3 steps an epoch, the last of two images kept)."""
+    prof = get_profile("smoke", f"finetune.schedule={schedule} finetune.epochs=2 finetune.batch_size=4 finetune.lr=0.01")
+    seen = []
+    monkeypatch.setattr(ft, "train_step", lambda model, opt, x, y: seen.append(opt.param_groups[0]["lr"]))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 32, 32), dtype=np.uint8)
+    ft.train_fold(prof, "none", images, np.zeros_like(images), None, 0, progress=False)
+    assert len(seen) == 6
+    want = [0.01] * 6 if schedule == "constant" else [0.01 * (1 + np.cos(np.pi * t / 6)) / 2 for t in range(6)]
+    assert seen == pytest.approx(want, rel=1e-9, abs=1e-15)
+
+
+def test_the_constant_schedule_never_enters_a_key():
+    cpu = get_profile("cpu")
+    assert ft.finetune_run(cpu, "none").key == ft.finetune_run(get_profile("cpu", "finetune.schedule=constant"), "none").key
+    assert ft.finetune_run(cpu, "none").key != ft.finetune_run(get_profile("cpu", "finetune.schedule=cosine"), "none").key
