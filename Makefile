@@ -12,6 +12,8 @@ PROFILE ?= cpu
 VARIANT ?=
 SET ?=
 ONLY ?=
+# CLAIMS=long: notebook 06 decides the long-pre-training contrasts (cfcl.claims.LONG_CLAIMS), not the paper's.
+CLAIMS ?= paper
 # Two cores: two notebooks side by side with one thread each beat one notebook with two threads.
 JOBS ?= 2
 export OMP_NUM_THREADS ?= 1
@@ -125,7 +127,7 @@ $(NB)/05_latent_space.ipynb: notebooks/05_latent_space.ipynb $(PROPOSED:%=$(NB)/
                              $(patsubst %,$(NB)/03_pretrain-%.ipynb,$(call only,vader)) $(ONLY_FILE)
 	$(call papermill,$<,-p methods "$(ONLY)")
 $(NB)/06_results.ipynb: notebooks/06_results.ipynb $(FT_METHODS:%=$(NB)/04_finetune-%.ipynb) $(ONLY_FILE)
-	$(call papermill,$<,-p methods "$(ONLY)")
+	$(call papermill,$<,-p methods "$(ONLY)" -p claims $(CLAIMS))
 # Notebook 07 reads every arm's fine-tuned models (made by `make ablations`); it reruns whenever asked.
 $(NB)/07_ablations.ipynb: notebooks/07_ablations.ipynb FORCE | $(INSTALLED)
 	$(call papermill,$<,-p ablations "$(ABLATIONS)")

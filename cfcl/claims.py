@@ -90,6 +90,27 @@ CLAIMS: tuple[Contrast, ...] = (
     Contrast("robustness to effusion (lung hidden under fluid recovered)", "s_mvd_cl", "chexmask", "hidden_recall"),
 )
 
+#: The long-pre-training issue's contrasts: DVD-CL, VADeR (its control without counterfactual views), S-MVD-CL
+#: and CheXmask-supervised pre-training, each pair on DSC, DSC_PE and the hidden-lung recall; a contrast the
+#: paper claims keeps its claim, the others are the control (``claims.csv`` of ``make reproduce CLAIMS=long``).
+LONG_PAIRS = (("dvd_cl", "none"), ("vader", "none"), ("dvd_cl", "vader"), ("s_mvd_cl", "chexmask"),
+              ("s_mvd_cl", "none"), ("chexmask", "none"))
+LONG_METRICS = ("dsc", "dsc_pe", "hidden_recall")
+
+
+def _claim_of(a: str, b: str, metric: str) -> str:
+    """The paper's claim a long contrast tests: its own, or that of the same pair on DSC "on <metric>"."""
+    paper = {(c.a, c.b, c.metric): c.claim for c in CLAIMS}
+    if (a, b, metric) in paper:
+        return paper[(a, b, metric)]
+    return f"{paper[(a, b, 'dsc')]}, on {metric}" if (a, b, "dsc") in paper else f"control at length, on {metric}"
+
+
+LONG_CLAIMS: tuple[Contrast, ...] = tuple(Contrast(_claim_of(a, b, m), a, b, m) for a, b in LONG_PAIRS
+                                          for m in LONG_METRICS)
+#: The contrast sets notebook 06 decides (its parameter ``claims``, ``make reproduce CLAIMS=...``).
+CLAIM_SETS: dict[str, tuple[Contrast, ...]] = {"paper": CLAIMS, "long": LONG_CLAIMS}
+
 
 def _metric(table: pd.DataFrame, metric: str) -> pd.Series:
     """One per-image metric, indexed by image: ``dsc_pe`` is ``dsc`` on effusion images."""
@@ -273,10 +294,21 @@ def recompute_claims(path, contrasts: tuple[Contrast, ...] = CLAIMS, n_boot: int
     return decide(per_image, contrasts, n_boot=n_boot, seed=seed, alpha=alpha, per_seed=per_seed)
 
 
-def recompute_contrast(path, contrast: str, metric: str = "dsc", n_boot: int = 10000, seed: int = 0) -> dict:
+def contrasts_of(claims: pd.DataFrame) -> tuple[Contrast, ...]:
+    """The contrast set (of :data:`CLAIM_SETS`) a ``claims.csv`` was decided with: the first whose contrasts
+    include every (contrast, metric) row of it, so that recomputing it decides the same family."""
+    rows = set(zip(claims["contrast"], claims["metric"]))
+    for contrasts in CLAIM_SETS.values():
+        if rows <= {(c.name, c.metric) for c in contrasts}:
+            return contrasts
+    raise ValueError(f"no contrast set of cfcl.claims.CLAIM_SETS holds every row of these claims: {sorted(rows)[:4]}")
+
+
+def recompute_contrast(path, contrast: str, metric: str = "dsc", n_boot: int = 10000, seed: int = 0,
+                       contrasts: tuple[Contrast, ...] = CLAIMS) -> dict:
     """One row of :func:`recompute_claims` (``contrast`` as in ``claims.csv``, e.g. ``"DVD-CL - None"``):
-    its estimate and intervals within the family of every claim the file supports."""
-    t = recompute_claims(path, n_boot=n_boot, seed=seed)
+    its estimate and intervals within the family of every claim of ``contrasts`` the file supports."""
+    t = recompute_claims(path, contrasts, n_boot=n_boot, seed=seed)
     row = t[(t["contrast"] == contrast) & (t["metric"] == metric)]
     if row.empty:
         raise ValueError(f"{path}: no contrast {contrast!r} on {metric!r}; it has {sorted(set(t['contrast']))}")
