@@ -95,7 +95,7 @@ class Ablation:
 #: The low-label regime: images each fold fine-tunes on (the claims issue: 3 healthy + 7 effusion).
 LOW_LABEL = (3, 7)
 #: The ceiling ablation: healthy (and as many effusion) images with exact masks, and epochs over half of them.
-CEILING_IMAGES, CEILING_EPOCHS = 1000, 6
+CEILING_IMAGES, CEILING_EPOCHS = 1000, 12
 _CEILING = (f"data.n_annotated_healthy={CEILING_IMAGES} data.n_annotated_effusion={CEILING_IMAGES} "
             "finetune.folds=2 finetune.schedule=cosine finetune.epochs=")
 
