@@ -112,11 +112,11 @@ def measure(step, device: str, steps: int, warmup: int) -> tuple[float, float, f
 def stage_steps(prof, device: str):
     """``[(stage, step, images per call, calls in the profile's run)]`` for the stages other than
     pre-training, each step the stage's own code on synthetic inputs of the profile's sizes."""
-    from cfcl.classifiers import ParentClassifier
-    from cfcl.counterfactuals import all_interventions
-    from cfcl.hvae.cf_finetune import make_optimizers, cf_step
-    from cfcl.hvae.model import HVAE
-    from cfcl.hvae.train import train_step as hvae_step
+    from cfcl.counterfactual.cf_finetune import make_optimizers, cf_step
+    from cfcl.counterfactual.generate import all_interventions
+    from cfcl.counterfactual.hvae import HVAE
+    from cfcl.counterfactual.hvae_train import train_step as hvae_step
+    from cfcl.counterfactual.predictors import ParentClassifier
 
     hv, d, f = prof.hvae, prof.data, prof.finetune
     size, bs = d.image_size, hv.batch_size

@@ -33,7 +33,7 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
    (the modified differential method of multipliers, as causal-gen).
 
 AdamW (``hvae.cf_lr``), gradient-norm clipping and skipping (``hvae.grad_clip``, ``hvae.grad_skip``),
-and an EMA of the weights (``hvae.ema_rate`` with the warm-up of :func:`cfcl.hvae.train.ema_rate_at`);
+and an EMA of the weights (``hvae.ema_rate`` with the warm-up of :func:`cfcl.counterfactual.hvae_train.ema_rate_at`);
 the EMA weights draw the counterfactuals.
 
 The fine-tuned model is its own run of the run layer (:mod:`cfcl.runs`),
@@ -44,7 +44,7 @@ fine-tuning seed from the same ELBO model and predictors, to measure the fine-tu
 run interrupted after any checkpoint (``last.pt``, every tenth of the run) resumes exactly.
 ``hvae.cf_finetune_steps = 0`` turns it off: the ELBO run then draws the counterfactuals
 (:func:`counterfactual_model_run`).
-``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``.
+``python -m cfcl.counterfactual.cf_finetune --profile cpu [--set ...]``.
 """
 from __future__ import annotations
 
@@ -59,15 +59,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cfcl.classifiers import augment as warp_like_predictors
-from cfcl.classifiers import load_classifiers
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.hvae_train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
+from cfcl.counterfactual.parents import parents_tensor, to_model_space
+from cfcl.counterfactual.predictors import augment as warp_like_predictors
+from cfcl.counterfactual.predictors import load_classifiers
 from cfcl.data import load_split
 from cfcl.device import default_device
-from cfcl.hvae.model import HVAE
-from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
-from cfcl.parents import parents_tensor, to_model_space
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings,  # noqa: F401  (re-exported)
@@ -339,9 +339,9 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
+    """``python -m cfcl.counterfactual.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
-    ap = profile_parser("python -m cfcl.hvae.cf_finetune", main.__doc__)
+    ap = profile_parser("python -m cfcl.counterfactual.cf_finetune", main.__doc__)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
