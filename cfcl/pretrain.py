@@ -57,6 +57,7 @@ from cfcl.data import ChestSplit, load_split
 from cfcl.device import default_device
 from cfcl.methods import METHODS, Method, get
 from cfcl.models import network
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.pretrain import (ADDED_LATER, NOT_TRAINING, load_pretrained_state,  # noqa: F401  (re-exported)
@@ -281,11 +282,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, to
     prep = take(prepare(batch, spec, profile, generator), share)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = forward_loss(model, prep, spec, loss_fn)
-    opt.zero_grad(set_to_none=True)
-    with record_function("cfcl::backward"):
-        loss.backward()
-    with record_function("cfcl::optimiser"):
-        opt.step()
+    optimiser_step(loss, opt)
     return loss.detach()
 
 

@@ -49,7 +49,6 @@ run interrupted after any checkpoint (``last.pt``, every tenth of the run) resum
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Sequence
 
@@ -68,6 +67,7 @@ from cfcl.counterfactual.predictors import augment as warp_like_predictors
 from cfcl.counterfactual.predictors import load_classifiers
 from cfcl.data import load_split
 from cfcl.device import default_device
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings,  # noqa: F401  (re-exported)
@@ -181,8 +181,6 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     ``grad_norm`` and ``skipped``."""
     model.train()
     predictor.eval()
-    opt.zero_grad(set_to_none=True)
-    lag_opt.zero_grad(set_to_none=True)
     acts = model.encoder(x)
     out = model(x, pa, beta=beta, generator=generator, acts=acts)
     x_cf = model.counterfactual(x, pa, cf_pa, t=0.0, acts=acts)
@@ -198,12 +196,9 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     gap = eps - out["loss"]
     loss = aux - (lmbda - damping * gap.detach()) * gap
     loss = loss.sum()
-    loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    skipped = not math.isfinite(grad_norm) or grad_norm >= grad_skip or not torch.isfinite(loss)
-    if not skipped:
-        opt.step()
-        lag_opt.step()
+    grad_norm, stepped = optimiser_step(loss, (opt, lag_opt), model.parameters(), clip=grad_clip, skip=grad_skip)
+    skipped = not stepped
+    if stepped:
         with torch.no_grad():
             lmbda.clamp_(min=0.0)
         ema_update(ema, model, ema_rate if step is None else ema_rate_at(ema_rate, step))

@@ -31,6 +31,7 @@ from cfcl.counterfactual.hvae import HVAE
 from cfcl.counterfactual.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.data import ChestSplit, load_split
 from cfcl.device import default_device
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.hvae import NOT_TRAINING, WARMUP_STEPS, WEIGHT_DECAY, hvae_run  # noqa: F401  (re-exported)
@@ -67,13 +68,10 @@ def train_step(model: HVAE, ema: HVAE, optimizer: torch.optim.Optimizer, x: torc
     Returns floats ``loss``, ``nll``, ``kl``, ``grad_norm`` and ``skipped`` (0/1).
     """
     model.train()
-    optimizer.zero_grad(set_to_none=True)
     out = model(x, pa, beta=beta, generator=generator)
-    out["loss"].backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    skipped = not math.isfinite(grad_norm) or grad_norm >= grad_skip or not torch.isfinite(out["loss"])
-    if not skipped:
-        optimizer.step()
+    grad_norm, stepped = optimiser_step(out["loss"], optimizer, model.parameters(), clip=grad_clip, skip=grad_skip)
+    skipped = not stepped
+    if stepped:
         ema_update(ema, model, ema_rate if step is None else ema_rate_at(ema_rate, step))
     optimizer.zero_grad(set_to_none=True)
     return dict(loss=float(out["loss"].detach()), nll=float(out["nll"].detach()), kl=float(out["kl"].detach()),

@@ -50,6 +50,7 @@ from cfcl.config import INTERVENTIONS, PARENTS, Profile
 from cfcl.counterfactual.parents import intervene, parents_tensor, to_model_space
 from cfcl.data import load_split
 from cfcl.device import default_device
+from cfcl.optim import optimiser_step
 from cfcl.progress import tqdm
 from cfcl.read.classifiers import (AUGMENT, PHOTOMETRIC, PHOTOMETRIC_SHARE, ROLES,  # noqa: F401  (re-exported)
                                    classifier_run)
@@ -198,9 +199,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
                 logits = model(x)
                 loss = (F.binary_cross_entropy_with_logits(logits, pa[idx], reduction="none") * weight).sum(0)
                 loss = (loss / weight.sum(0).clamp(min=1)).mean()  # mean per head, then over heads
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimiser_step(loss, opt)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             epoch += 1
