@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
 import numpy as np
@@ -58,9 +59,9 @@ def main() -> None:
             lmbda = torch.nn.Parameter(torch.zeros(1))
             opt, lag = cft.make_optimizers(model, lmbda, hv.cf_lr, hv.cf_lr_lagrange)
             t = time.perf_counter()
-            cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 4.0, beta=hv.beta, damping=hv.cf_damping,
-                        grad_clip=hv.grad_clip, grad_skip=hv.grad_skip, ema_rate=hv.ema_rate, augment=hv.cf_augment,
-                        cycle=cycle, generator=torch.Generator().manual_seed(rep))
+            cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 4.0,
+                        dataclasses.replace(cft.CfStepConfig.from_profile(prof), cycle=cycle),
+                        generator=torch.Generator().manual_seed(rep))
             if rep:
                 times[cycle].append(time.perf_counter() - t)
     off, on = np.array(times[0.0]), np.array(times[args.cycle])

@@ -220,9 +220,21 @@ def _cf_setup(seed: int = 0):
 def _steps(model, ema, predictor, x, pa, cf_pa, eps, n, lr=3e-3, lr_lagrange=0.1, damping=0.0, augment=False):
     lmbda = torch.nn.Parameter(torch.zeros(1))
     opt, lag = cft.make_optimizers(model, lmbda, lr, lr_lagrange)
-    return [cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, eps, beta=1.0, damping=damping,
-                        grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, augment=augment,
+    cfg = cft.CfStepConfig(beta=1.0, damping=damping, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, augment=augment)
+    return [cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, eps, cfg,
                         generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def test_the_step_settings_are_the_profiles():
+    import dataclasses
+
+    from cfcl.config import get_profile
+
+    prof = get_profile("smoke", {"hvae.cf_damping": 7.0, "hvae.cf_cycle": 2.0})
+    hv, cfg = prof.hvae, cft.CfStepConfig.from_profile(prof)
+    assert dataclasses.astuple(cfg) == (hv.beta, 7.0, hv.grad_clip, hv.grad_skip, hv.ema_rate, hv.cf_augment, 2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.cycle = 0.0
 
 
 def test_flip_parents_and_batches():
@@ -268,8 +280,8 @@ def test_cf_step_cycle_term_is_logged_and_lowered():
         m, e = copy.deepcopy(model), copy.deepcopy(ema)
         lmbda = torch.nn.Parameter(torch.zeros(1))
         opt, lag = cft.make_optimizers(m, lmbda, 5e-3, 0.1)
-        out = [cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
-                           grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, cycle=cycle,
+        cfg = cft.CfStepConfig(beta=1.0, damping=0.0, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, cycle=cycle)
+        out = [cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, cfg,
                            generator=torch.Generator().manual_seed(i)) for i in range(6)]
         assert (out[0]["cycle"] > 0) == (cycle > 0)  # logged where it is trained
         with torch.no_grad():
@@ -293,8 +305,8 @@ def test_cf_step_keeps_the_parents_the_predictor_reads():
     per_parent = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(0)
     lmbda = torch.nn.Parameter(torch.zeros(1))
     opt, lag = cft.make_optimizers(model, lmbda, 1e-3, 0.1)
-    out = cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
-                      grad_clip=200.0, grad_skip=1e6, ema_rate=0.9)
+    out = cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6,
+                      cft.CfStepConfig(beta=1.0, damping=0.0, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9))
     for j, p in enumerate(cft.PARENTS):
         assert out[f"aux_{p}"] == pytest.approx(float(per_parent[j]), rel=1e-5, abs=1e-6)
     assert out["aux"] == pytest.approx(float(per_parent.sum()), rel=1e-5)
