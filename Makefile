@@ -102,12 +102,12 @@ $(NB)/00_data.ipynb: notebooks/00_data.ipynb $(SRC) $(SETTINGS) | $(INSTALLED)
 	$(call papermill,$<,)
 $(NB)/01_train_hvae.ipynb: notebooks/01_train_hvae.ipynb $(NB)/00_data.ipynb
 	$(call papermill,$<,)
-# The judge (notebook 02's measuring stick, cfcl.classifiers) needs only the data: it trains beside the HVAE,
+# The judge (notebook 02's measuring stick, cfcl.counterfactual.predictors) needs only the data: it trains beside the HVAE,
 # off the path to the counterfactuals; notebook 02 verifies and reads it.
 $(NB)/02_judge.done: $(NB)/00_data.ipynb
 	@mkdir -p $(@D)/.times
 	@start=$$(date +%s.%N); \
-	$(PY) -m cfcl.classifiers --profile $(PROFILE) --variant "$(VARIANT)" --role judge --set $(SET) && \
+	$(PY) -m cfcl.counterfactual.predictors --profile $(PROFILE) --variant "$(VARIANT)" --role judge --set $(SET) && \
 	echo "02_judge $$start $$(date +%s.%N) $(OMP_NUM_THREADS) $(JOBS)" > $(@D)/.times/$(@F).txt
 	touch $@
 $(NB)/02_counterfactuals.ipynb: notebooks/02_counterfactuals.ipynb $(NB)/01_train_hvae.ipynb $(NB)/02_judge.done

@@ -112,11 +112,11 @@ def measure(step, device: str, steps: int, warmup: int) -> tuple[float, float, f
 def stage_steps(prof, device: str):
     """``[(stage, step, images per call, calls in the profile's run)]`` for the stages other than
     pre-training, each step the stage's own code on synthetic inputs of the profile's sizes."""
-    from cfcl.classifiers import ParentClassifier
-    from cfcl.counterfactuals import all_interventions
-    from cfcl.hvae.cf_finetune import make_optimizers, cf_step
-    from cfcl.hvae.model import HVAE
-    from cfcl.hvae.train import train_step as hvae_step
+    from cfcl.counterfactual.cf_finetune import CfStepConfig, cf_step, make_optimizers
+    from cfcl.counterfactual.generate import all_interventions
+    from cfcl.counterfactual.hvae import HVAE
+    from cfcl.counterfactual.hvae_train import train_step as hvae_step
+    from cfcl.counterfactual.predictors import ParentClassifier
 
     hv, d, f = prof.hvae, prof.data, prof.finetune
     size, bs = d.image_size, hv.batch_size
@@ -141,11 +141,11 @@ def stage_steps(prof, device: str):
     predictor = ParentClassifier().to(device).eval()
     lmbda = torch.nn.Parameter(torch.zeros(1, device=device))
     cf_opt, lag_opt = make_optimizers(hvae, lmbda, hv.cf_lr, hv.cf_lr_lagrange)
+    cf_cfg = CfStepConfig.from_profile(prof)
 
     def cf(i):
-        return cf_step(hvae, ema, predictor, cf_opt, lag_opt, lmbda, x, pa, cf_pa, 1.0, beta=hv.beta,
-                       damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip, ema_rate=hv.ema_rate,
-                       step=i, augment=hv.cf_augment, generator=gen)
+        return cf_step(hvae, ema, predictor, cf_opt, lag_opt, lmbda, x, pa, cf_pa, 1.0, cf_cfg, step=i,
+                       generator=gen)
 
     n_gen = min(hv.cf_batch_size, 256)
     gen_images = np.random.default_rng(0).integers(0, 255, (n_gen, size, size), dtype=np.uint8)

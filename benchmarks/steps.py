@@ -31,6 +31,17 @@ from cfcl.data import ChestSplit  # noqa: E402
 from cfcl.methods import get  # noqa: E402
 from cfcl import models  # noqa: E402
 
+try:
+    from cfcl.optim import optimiser_step  # noqa: E402
+except ImportError:  # a version of the project before cfcl.optim: its loops' step, as they wrote it
+    def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> tuple[None, bool]:
+        opt.zero_grad(set_to_none=True)
+        with record_function("cfcl::backward"):
+            loss.backward()
+        with record_function("cfcl::optimiser"):
+            opt.step()
+        return None, True
+
 Step = Callable[[int], torch.Tensor]
 
 
@@ -65,11 +76,7 @@ def _amp(device: str):
 
 
 def _finish(loss: torch.Tensor, opt: torch.optim.Optimizer) -> torch.Tensor:
-    opt.zero_grad(set_to_none=True)
-    with record_function("cfcl::backward"):
-        loss.backward()
-    with record_function("cfcl::optimiser"):
-        opt.step()
+    optimiser_step(loss, opt)
     return loss.detach()
 
 

@@ -89,7 +89,7 @@ class HVAEConfig:
     grad_clip: float = setting(200.0, lo=1e-12)
     grad_skip: float = setting(1000.0, lo=1e-12)
     effusion_oversample: float = setting(0.3, lo=0.0, hi=1.0, doc="fraction of effusion images per batch")
-    # Parent predictors (cfcl.classifiers): the measuring stick of effectiveness, and the frozen
+    # Parent predictors (cfcl.counterfactual.predictors): the measuring stick of effectiveness, and the frozen
     # teachers of counterfactual fine-tuning. Batches of ``batch_size`` balanced over the four
     # scanner x effusion cells (no shortcut from the confounded scanner to effusion).
     classifier_epochs: int = setting(20, lo=1)
@@ -98,14 +98,14 @@ class HVAEConfig:
                                       doc="geometry: the views' rotation/zoom/shift/flip (cfcl.views); views: "
                                           "plus their photometric jitter on half of each batch, whose "
                                           "scanner label is left out (the scanner is photometric)")
-    # The judge (cfcl.classifiers, role "judge") measures every effectiveness figure; it learns from four
+    # The judge (cfcl.counterfactual.predictors, role "judge") measures every effectiveness figure; it learns from four
     # times the images (the exact counterfactuals too) and must pass the stick's gates
-    # (cfcl.counterfactuals.STICK_GATES), so it has its own width and length; the teacher keeps
+    # (cfcl.counterfactual.quality.STICK_GATES), so it has its own width and length; the teacher keeps
     # the settings above (its runs, and the fine-tuned HVAE keyed by them, stay valid).
     judge_width: int = setting(32, lo=1, doc="channels of the judge's first stage")
     judge_epochs: int = setting(40, lo=1, doc="the judge's epochs (of ceil(n_pretrain / batch_size) batches)")
     cf_batch_size: int = setting(64, lo=1, doc="images per batch when generating counterfactuals")
-    # Counterfactual fine-tuning (cfcl.hvae.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen
+    # Counterfactual fine-tuning (cfcl.counterfactual.cf_finetune; De Sousa Ribeiro et al., ICML 2023, causal-gen
     # train_cf.py): after the ELBO training, minimise the frozen predictors' cross-entropy on x_cf
     # under the constraint ELBO(x) <= eps (Lagrange multiplier by gradient ascent, damped).
     cf_finetune_steps: int = setting(300, lo=0, doc="0: counterfactuals from the ELBO-only HVAE")

@@ -52,6 +52,7 @@ from cfcl.data import data_run, load_split
 from cfcl.device import default_device
 from cfcl.methods import FINETUNE_METHODS, get
 from cfcl.models import N_CLASSES, load_pretrained, network
+from cfcl.optim import optimiser_step
 from cfcl.paths import runs_dir
 from cfcl.progress import tqdm
 from cfcl.read.finetune import (ADDED_LATER, finetune_run, finetune_runs, fold_file, fold_metrics, fold_runs,  # noqa: F401  (re-exported)
@@ -136,11 +137,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     with record_function("cfcl::loss"):
         logits = logits.float()
         loss = F.cross_entropy(logits, y) + soft_dice_loss(logits, y)
-    opt.zero_grad(set_to_none=True)
-    with record_function("cfcl::backward"):
-        loss.backward()
-    with record_function("cfcl::optimiser"):
-        opt.step()
+    optimiser_step(loss, opt)
     return loss.detach()
 
 

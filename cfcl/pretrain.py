@@ -10,7 +10,7 @@ the active views: anchor + target for the dual-view losses, all views for the mu
 (paper section 3, "Sampling"). Silver labels of a sampled point are read from the factual
 silver mask at its original location, so all views of a point share its label.
 
-Counterfactual views come from :func:`cfcl.counterfactuals.get_counterfactuals`
+Counterfactual views come from :func:`cfcl.counterfactual.generate.get_counterfactuals`
 (``pretrain.cf_source``: ``hvae`` by default, ``oracle`` for the phantom's exact ones, ``identity`` for x
 itself), mixed with x as ``x + g (cf - x)`` by ``pretrain.cf_gain`` (1: the counterfactuals; the dose
 ablation). ``pretrain.labels``: the supervised methods read silver masks (paper) or, on the phantom, gold.
@@ -52,11 +52,12 @@ from torch.profiler import record_function
 from cfcl import losses, views
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import Profile
-from cfcl.counterfactuals import get_counterfactuals
+from cfcl.counterfactual.generate import get_counterfactuals
 from cfcl.data import ChestSplit, load_split
 from cfcl.device import default_device
 from cfcl.methods import METHODS, Method, get
 from cfcl.models import network
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.pretrain import (ADDED_LATER, NOT_TRAINING, load_pretrained_state,  # noqa: F401  (re-exported)
@@ -281,11 +282,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, to
     prep = take(prepare(batch, spec, profile, generator), share)
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss = forward_loss(model, prep, spec, loss_fn)
-    opt.zero_grad(set_to_none=True)
-    with record_function("cfcl::backward"):
-        loss.backward()
-    with record_function("cfcl::optimiser"):
-        opt.step()
+    optimiser_step(loss, opt)
     return loss.detach()
 
 

@@ -1,7 +1,7 @@
 """Step time of counterfactual fine-tuning with and without the cycle term (``hvae.cf_cycle``).
 
 The cycle term takes each ``x_cf`` back to the factual parents (one more abduction and decode per step,
-:func:`cfcl.hvae.cf_finetune.cycle_error`). This times :func:`cfcl.hvae.cf_finetune.cf_step` from the
+:func:`cfcl.counterfactual.cf_finetune.cycle_error`). This times :func:`cfcl.counterfactual.cf_finetune.cf_step` from the
 profile's ELBO model, on the fine-tuning's own batches, with the term off and on, pair by pair in one
 process (the machine is shared: only the ratio is meant), and prints the ratio.
 
@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
 import numpy as np
 import torch
 
-from cfcl.classifiers import load_classifiers
 from cfcl.config import get_profile
+from cfcl.counterfactual import cf_finetune as cft
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.hvae_train import hvae_run
+from cfcl.counterfactual.parents import parents_tensor, to_model_space
+from cfcl.counterfactual.predictors import load_classifiers
 from cfcl.data import load_split
-from cfcl.hvae import cf_finetune as cft
-from cfcl.hvae.model import HVAE
-from cfcl.hvae.train import hvae_run
-from cfcl.parents import parents_tensor, to_model_space
 from cfcl.runs import load_checkpoint
 
 
@@ -58,9 +59,9 @@ def main() -> None:
             lmbda = torch.nn.Parameter(torch.zeros(1))
             opt, lag = cft.make_optimizers(model, lmbda, hv.cf_lr, hv.cf_lr_lagrange)
             t = time.perf_counter()
-            cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 4.0, beta=hv.beta, damping=hv.cf_damping,
-                        grad_clip=hv.grad_clip, grad_skip=hv.grad_skip, ema_rate=hv.ema_rate, augment=hv.cf_augment,
-                        cycle=cycle, generator=torch.Generator().manual_seed(rep))
+            cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 4.0,
+                        dataclasses.replace(cft.CfStepConfig.from_profile(prof), cycle=cycle),
+                        generator=torch.Generator().manual_seed(rep))
             if rep:
                 times[cycle].append(time.perf_counter() - t)
     off, on = np.array(times[0.0]), np.array(times[args.cycle])

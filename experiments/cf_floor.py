@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from cfcl.config import INTERVENTIONS, get_profile
-from cfcl.counterfactuals import changed_region_dice
+from cfcl.counterfactual.quality import changed_region_dice
 from cfcl.data import load_split
-from cfcl.data.phantom.render import render
 from cfcl.data.phantom import scm
+from cfcl.data.phantom.render import render
 from cfcl.data.phantom.store import load_noise
 
 #: The exogenous noise of the effusion mechanism (rendered only when effusion = 1).

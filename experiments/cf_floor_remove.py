@@ -37,9 +37,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cf_floor import effusion_subset
-from cfcl.cf_diagnostics import floor_rows, redraw
 from cfcl.config import get_profile
-from cfcl.counterfactuals import changed_region_dice
+from cfcl.counterfactual.diagnostics import floor_rows, redraw
+from cfcl.counterfactual.quality import changed_region_dice
 from cfcl.data.phantom import scm
 from cfcl.data.phantom.render import render
 

@@ -12,7 +12,7 @@ pipeline: pre-training uses the HVAE's counterfactuals unchanged.
     OMP_NUM_THREADS=1 python experiments/cf_localise.py --profile cpu [--set KEY=VALUE ...]
 
 Needs the profile's test-split counterfactuals (``make hvae PROFILE=cpu``, or ``python -m
-cfcl.counterfactuals --profile cpu --splits test``). Writes ``experiments/results/cf_localise.md``.
+cfcl.counterfactual --profile cpu --splits test``). Writes ``experiments/results/cf_localise.md``.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cfcl.cf_diagnostics import localise
 from cfcl.config import INTERVENTIONS, get_profile
-from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual_run, mae
+from cfcl.counterfactual.diagnostics import localise
+from cfcl.counterfactual.generate import ARRAY_NAME, counterfactual_run
+from cfcl.counterfactual.quality import changed_region_dice, mae
 from cfcl.data import load_split
 
 

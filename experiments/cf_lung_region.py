@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cfcl.cf_diagnostics import blend, lung_masks
-from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, PARENTS, get_profile
-from cfcl.counterfactuals import ARRAY_NAME, changed_region_dice, counterfactual_run, mae
+from cfcl.counterfactual.diagnostics import blend, lung_masks
+from cfcl.counterfactual.generate import ARRAY_NAME, counterfactual_run
+from cfcl.counterfactual.predictors import load_classifiers, predict_parents
+from cfcl.counterfactual.quality import changed_region_dice, mae
 from cfcl.data import load_split
 
 

@@ -5,7 +5,7 @@ The HVAE's counterfactual carries the factual image's pixel noise over (REFERENC
 so the 10-grey-level error the fine-tuned HVAE makes *outside* the region do(effusion) may change
 (`cf_floor.md`) has two candidate sources: the decoded mean moving there (``cf_loc != loc``), or the scale
 ratio ``cf_scale / scale`` amplifying the residual ``x - loc``. This script tells them apart on the test
-split, for the profile's counterfactual HVAE (:func:`cfcl.hvae.load_counterfactual_model`), by decoding the
+split, for the profile's counterfactual HVAE (:func:`cfcl.counterfactual.cf_finetune.load_counterfactual_model`), by decoding the
 same abducted latents four ways:
 
 - ``scaled``: the pipeline's counterfactual (the residual rescaled by the scale ratio);
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cfcl.cf_diagnostics import FORMS, decodings
 from cfcl.config import INTERVENTIONS, get_profile
+from cfcl.counterfactual.cf_finetune import load_counterfactual_model
+from cfcl.counterfactual.diagnostics import FORMS, decodings
+from cfcl.counterfactual.parents import intervene, parents_tensor, to_model_space, to_uint8
 from cfcl.data import load_split
-from cfcl.hvae import load_counterfactual_model
-from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, get_profile
-from cfcl.counterfactuals import mae
+from cfcl.counterfactual.cf_finetune import elbo_only, load_counterfactual_model
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.parents import intervene, parents_tensor, to_model_space, to_uint8
+from cfcl.counterfactual.predictors import load_classifiers, predict_parents
+from cfcl.counterfactual.quality import mae
 from cfcl.data import load_split
-from cfcl.hvae import elbo_only, load_counterfactual_model
-from cfcl.hvae.model import HVAE
-from cfcl.parents import intervene, parents_tensor, to_model_space, to_uint8
 
 N_IMAGES = 300
 

@@ -27,7 +27,7 @@ setting of the pipeline.
         [--teachers "hvae.classifier_epochs=40" ...]
 
 Each model is a string of overrides ("" the profile's own); its test-split counterfactuals are made if
-missing (``cfcl.counterfactuals.generate``, which verifies them otherwise). Writes
+missing (``cfcl.counterfactual.generate.generate``, which verifies them otherwise). Writes
 ``experiments/results/cf_stray_change.md``.
 """
 from __future__ import annotations
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cfcl.cf_diagnostics import parts, stray
-from cfcl.classifiers import load_classifiers, predict_parents
 from cfcl.config import INTERVENTIONS, PARENTS, get_profile
-from cfcl.counterfactuals import generate
+from cfcl.counterfactual.diagnostics import parts, stray
+from cfcl.counterfactual.generate import generate
+from cfcl.counterfactual.predictors import load_classifiers, predict_parents
 from cfcl.data import load_split
 
 

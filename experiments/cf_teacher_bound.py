@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-import cfcl.classifiers as clf
+import cfcl.counterfactual.predictors as clf
 from cfcl.config import INTERVENTIONS, get_profile
-from cfcl.counterfactuals import changed_region_dice, counterfactual_images, mae
+from cfcl.counterfactual import cf_finetune as cft
+from cfcl.counterfactual.generate import counterfactual_images
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.parents import intervene, parents_tensor
+from cfcl.counterfactual.quality import changed_region_dice, mae
 from cfcl.data import load_split
-from cfcl.hvae import cf_finetune as cft
-from cfcl.hvae.model import HVAE
-from cfcl.parents import intervene, parents_tensor
 from cfcl.runs import load_checkpoint
 
 #: Test images per case (the first ones of each kind in the split's order).
@@ -61,7 +62,7 @@ def with_teacher(stand_in: str, fn, *args, **kwargs):
 
 
 def judged(profile, model: HVAE, data, judge) -> list[dict]:
-    """One row per case, each metric as :func:`cfcl.counterfactuals.quality_rows` defines it: the judge's
+    """One row per case, each metric as :func:`cfcl.counterfactual.quality.quality_rows` defines it: the judge's
     effectiveness, MAE to the exact counterfactual (and as a multiple of returning x), changed-region Dice,
     and ``sex_kept`` (the judge reads the same sex on the counterfactual as on x)."""
     pa_all = parents_tensor(data.parents)

@@ -1,4 +1,4 @@
-"""The do(effusion) diagnostics of experiments/ (cfcl.cf_diagnostics): the remove direction's floor (what it
+"""The do(effusion) diagnostics of experiments/ (cfcl.counterfactual.diagnostics): the remove direction's floor (what it
 redraws, what it keeps, its averages), the noise-abduction decodings, the lung and change masks, and the
 breakdown of the stray change, on hand-made arrays (and a tiny HVAE)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cfcl.cf_diagnostics as diag
+import cfcl.counterfactual.diagnostics as diag
 
 
 def test_redraw_takes_only_what_fluid_can_hide():
@@ -45,8 +45,8 @@ def test_noise_abduction_forms_decode_the_same_latents():
     the residual over unscaled, and the null intervention returns x under both."""
     import torch
 
-    import cfcl.hvae.model as hv
-    from cfcl.parents import intervene
+    import cfcl.counterfactual.hvae as hv
+    from cfcl.counterfactual.parents import intervene
 
     torch.manual_seed(0)
     model = hv.HVAE(16, widths=[8, 8], z_dims=[2, 2], stem_stride=2).eval()

@@ -258,7 +258,7 @@ def test_the_previous_cpu_hvae_stays_reachable_with_the_readme_settings():
     """The `cpu` HVAE is wider with a slack (cf_capacity.md) and a cycle term (hvae.md); the README's SET gives
     back the models before them: the dataclass default with no slack and no cycle, so the same run keys as the
     runs made when it was the default (a cycle weight of 0 keys nothing)."""
-    from cfcl.hvae.cf_finetune import cf_finetune_run, cf_settings
+    from cfcl.counterfactual.cf_finetune import cf_finetune_run, cf_settings
 
     now = get_profile("cpu")
     assert now.hvae.widths == (24, 48, 96, 96) and now.hvae.cf_elbo_slack == 0.1 and now.hvae.cf_cycle == 3.0

@@ -1,5 +1,5 @@
 """Tests of counterfactual generation, its run, the source interface, quality metrics and the
-parent predictors (cfcl.counterfactuals, cfcl.classifiers): pure functions on tiny synthetic blobs
+parent predictors (cfcl.counterfactual.generate, .quality and .predictors): pure functions on tiny synthetic blobs
 (16 px), runs on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-import cfcl.classifiers as clf
-import cfcl.counterfactuals as cfm
-import cfcl.hvae.model as hv
+import cfcl.counterfactual.hvae as hv
+import cfcl.counterfactual.predictors as clf
+import cfcl.counterfactual.generate as cfgen
+import cfcl.counterfactual.quality as cfq
 from cfcl.config import INTERVENTIONS
+from cfcl.counterfactual.hvae_train import load_hvae, train_hvae
+from cfcl.counterfactual.parents import intervene, parents_tensor, to_model_space
 from cfcl.data import ChestSplit, load_split
-from cfcl.hvae import load_hvae, train_hvae
-from cfcl.parents import intervene, parents_tensor, to_model_space
 from cfcl.runs import ArtifactError, MissingRunError
 
 
@@ -38,7 +39,7 @@ def synthetic_split(name: str, n: int, size: int = 16, seed: int = 0) -> ChestSp
                       counterfactuals=cfs)
 
 
-ORIGINAL_COUNTERFACTUAL = cfm.counterfactual
+ORIGINAL_COUNTERFACTUAL = cfgen.counterfactual
 
 
 class Interrupted(Exception):
@@ -46,7 +47,7 @@ class Interrupted(Exception):
 
 
 class CallCounter:
-    """Wraps cfm.counterfactual; raises after ``fail_after`` calls (a simulated interruption)."""
+    """Wraps cfgen.counterfactual; raises after ``fail_after`` calls (a simulated interruption)."""
 
     def __init__(self, fail_after: int | None = None):
         self.calls, self.fail_after, self.inner = 0, fail_after, ORIGINAL_COUNTERFACTUAL
@@ -78,85 +79,86 @@ def test_null_intervention_returns_x_exactly(alpha):
     split = synthetic_split("x", 6)
     pa = parents_tensor(split.parents)
     # the generation code path: uint8 in, uint8 out, batches of 4
-    out = cfm.counterfactual_images(model, split.images, pa, pa, batch_size=4, alpha=alpha)
+    out = cfgen.counterfactual_images(model, split.images, pa, pa, batch_size=4, alpha=alpha)
     np.testing.assert_array_equal(out, split.images)
     x = to_model_space(split.images)
-    assert (cfm.counterfactual(model, x, pa, pa, alpha=alpha) - x).abs().max() < 1e-4
+    assert (cfgen.counterfactual(model, x, pa, pa, alpha=alpha) - x).abs().max() < 1e-4
     # a real intervention changes the image (the prior/decoder see the parents)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    flipped = cfm.counterfactual_images(model, split.images, pa, intervene(pa, "effusion"), alpha=alpha)
+    flipped = cfgen.counterfactual_images(model, split.images, pa, intervene(pa, "effusion"), alpha=alpha)
     assert (flipped != split.images).any()
 
 
 def test_counterfactual_rejects_bad_shapes():
     model = hv.HVAE(16, widths=[8, 8], z_dims=[2, 2], stem_stride=2)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
-        cfm.counterfactual(model, torch.zeros(2, 16, 16), torch.zeros(2, 3), torch.zeros(2, 3))
+        cfgen.counterfactual(model, torch.zeros(2, 16, 16), torch.zeros(2, 3), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="cf_pa"):
-        cfm.counterfactual(model, torch.zeros(2, 1, 16, 16), torch.zeros(2, 3), torch.zeros(1, 3))
+        cfgen.counterfactual(model, torch.zeros(2, 1, 16, 16), torch.zeros(2, 3), torch.zeros(1, 3))
 
 
 def test_generate_is_a_run_resumable_and_keyed_by_the_hvae(tiny, monkeypatch):
     prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0})  # the ELBO-only HVAE draws them
-    with pytest.raises(MissingRunError, match="cfcl.hvae"):
-        cfm.generate(prof, "pretrain", progress=False)  # never trains the HVAE behind the user's back
+    with pytest.raises(MissingRunError, match=r"cfcl\.counterfactual\.hvae_train"):
+        cfgen.generate(prof, "pretrain", progress=False)  # never trains the HVAE behind the user's back
     train_hvae(prof, progress=False)
-    full = np.array(cfm.generate(prof, "pretrain", progress=False))
+    full = np.array(cfgen.generate(prof, "pretrain", progress=False))
     assert full.shape == (24, 3, 32, 32) and full.dtype == np.uint8
     split = load_split(prof, "pretrain")
-    np.testing.assert_array_equal(full[:8], cfm.all_interventions(load_hvae(prof), split.images[:8],
+    np.testing.assert_array_equal(full[:8], cfgen.all_interventions(load_hvae(prof), split.images[:8],
                                                                   parents_tensor(split.parents)[:8]))
-    run = cfm.counterfactual_run(prof, "pretrain")
+    run = cfgen.counterfactual_run(prof, "pretrain")
     assert run.is_finished() and not list(run.folder.glob("rows_*"))
 
     # made: nothing recomputed
     counter = CallCounter()
-    monkeypatch.setattr(cfm, "counterfactual", counter)
-    np.testing.assert_array_equal(cfm.generate(prof, "pretrain", progress=False), full)
+    monkeypatch.setattr(cfgen, "counterfactual", counter)
+    np.testing.assert_array_equal(cfgen.generate(prof, "pretrain", progress=False), full)
     assert counter.calls == 0
 
     # interrupted after one batch (3 interventions), then resumed: only the other 2 batches run
     import shutil
 
     shutil.rmtree(run.folder)
-    monkeypatch.setattr(cfm, "counterfactual", CallCounter(fail_after=3))
+    monkeypatch.setattr(cfgen, "counterfactual", CallCounter(fail_after=3))
     with pytest.raises(Interrupted):
-        cfm.generate(prof, "pretrain", progress=False)
+        cfgen.generate(prof, "pretrain", progress=False)
     counter = CallCounter()
-    monkeypatch.setattr(cfm, "counterfactual", counter)
-    np.testing.assert_array_equal(cfm.generate(prof, "pretrain", progress=False), full)
+    monkeypatch.setattr(cfgen, "counterfactual", counter)
+    np.testing.assert_array_equal(cfgen.generate(prof, "pretrain", progress=False), full)
     assert counter.calls == 2 * len(INTERVENTIONS)
 
     # another HVAE (one more epoch) is another upstream run: another counterfactual run
     more = tiny({"hvae.epochs": 2, "hvae.cf_finetune_steps": 0})
-    assert cfm.counterfactual_run(more, "pretrain").key != run.key
+    assert cfgen.counterfactual_run(more, "pretrain").key != run.key
 
 
 def test_counterfactual_run_is_keyed_by_the_fine_tuned_run(tiny):
-    from cfcl.hvae import cf_finetune_run, finetune_counterfactuals, hvae_run
+    from cfcl.counterfactual.cf_finetune import cf_finetune_run, finetune_counterfactuals
+    from cfcl.counterfactual.hvae_train import hvae_run
 
     prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2})
-    run = cfm.counterfactual_run(prof, "test")
+    run = cfgen.counterfactual_run(prof, "test")
     assert run.upstream["hvae"].key == cf_finetune_run(prof).key != hvae_run(prof).key
-    elbo = cfm.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0}), "test")
+    elbo = cfgen.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 0}), "test")
     assert elbo.upstream["hvae"].key == hvae_run(prof).key and elbo.key != run.key
-    assert cfm.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2, "hvae.cf_damping": 1.0}),
+    assert cfgen.counterfactual_run(tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2, "hvae.cf_damping": 1.0}),
                                   "test").key != run.key
     # never fine-tunes (nor trains) behind the caller's back
     train_hvae(prof, progress=False)
     clf.train_classifiers(prof, progress=False)
-    with pytest.raises(MissingRunError, match=r"cfcl\.hvae\.cf_finetune"):
-        cfm.generate(prof, "test", progress=False)
+    with pytest.raises(MissingRunError, match=r"cfcl\.counterfactual\.cf_finetune"):
+        cfgen.generate(prof, "test", progress=False)
     finetune_counterfactuals(prof, progress=False)
-    cf = np.asarray(cfm.generate(prof, "test", progress=False))
+    cf = np.asarray(cfgen.generate(prof, "test", progress=False))
     split = load_split(prof, "test")
-    from cfcl.hvae import load_counterfactual_model
+    from cfcl.counterfactual.cf_finetune import load_counterfactual_model
 
-    np.testing.assert_array_equal(cf, cfm.all_interventions(load_counterfactual_model(prof), split.images,
+    np.testing.assert_array_equal(cf, cfgen.all_interventions(load_counterfactual_model(prof), split.images,
                                                             parents_tensor(split.parents)))
-    assert not np.array_equal(cf, cfm.all_interventions(load_hvae(prof), split.images,
+    assert not np.array_equal(cf, cfgen.all_interventions(load_hvae(prof), split.images,
                                                         parents_tensor(split.parents)))
 
 
@@ -166,7 +168,7 @@ def _generate_in_process(overrides, cache, runs, out):
     os.environ.update(CFCL_CACHE=cache, CFCL_RUNS=runs)
     import numpy
 
-    import cfcl.counterfactuals as c
+    import cfcl.counterfactual.generate as c
     from cfcl.config import get_profile
 
     numpy.save(out, numpy.asarray(c.generate(get_profile("smoke", overrides), "pretrain", progress=False)))
@@ -197,25 +199,25 @@ def test_two_processes_generating_at_once_both_get_the_result(tiny, dirs):
 def test_get_counterfactuals_sources(tiny):
     prof = tiny({"hvae.epochs": 1})
     data = load_split(prof, "pretrain")
-    np.testing.assert_array_equal(cfm.get_counterfactuals(prof, "pretrain", source="oracle"), data.counterfactuals)
-    ident = cfm.get_counterfactuals(prof, "pretrain", source="identity")
+    np.testing.assert_array_equal(cfgen.get_counterfactuals(prof, "pretrain", source="oracle"), data.counterfactuals)
+    ident = cfgen.get_counterfactuals(prof, "pretrain", source="identity")
     assert ident.shape == (24, 3, 32, 32) and (ident == np.asarray(data.images)[:, None]).all()
-    with pytest.raises(MissingRunError, match="cfcl.counterfactuals"):
-        cfm.get_counterfactuals(prof, "pretrain")  # smoke default: hvae, not generated yet
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual "):
+        cfgen.get_counterfactuals(prof, "pretrain")  # smoke default: hvae, not generated yet
     with pytest.raises(ValueError, match="pretrain.cf_source"):
-        cfm.get_counterfactuals(prof, "val", source="gan")
+        cfgen.get_counterfactuals(prof, "val", source="gan")
 
 
 def test_metric_functions_hand_made():
     x = np.zeros((2, 8, 8), np.uint8)
     y = x.copy()
     y[0, :4] = 40  # half the pixels of image 0 off by 40
-    np.testing.assert_allclose(cfm.mae(y, x), [20.0, 0.0])
-    np.testing.assert_allclose(cfm.psnr(y, x), [10 * np.log10(255 ** 2 / 800), 100.0])
+    np.testing.assert_allclose(cfq.mae(y, x), [20.0, 0.0])
+    np.testing.assert_allclose(cfq.psnr(y, x), [10 * np.log10(255 ** 2 / 800), 100.0])
     oracle = x.copy()
     oracle[0, :2] = 100  # true change: rows 0-1 (16 px); predicted change: rows 0-3 (32 px)
-    np.testing.assert_allclose(cfm.changed_region_dice(x, y, oracle), [2 * 16 / (32 + 16), 1.0])
-    assert cfm.ssim(x, x).tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(cfq.changed_region_dice(x, y, oracle), [2 * 16 / (32 + 16), 1.0])
+    assert cfq.ssim(x, x).tolist() == [1.0, 1.0]
 
 
 def test_quality_rows_hand_made():
@@ -235,7 +237,7 @@ def test_quality_rows_hand_made():
         probs.append(p)
     p_x = pa.astype(float).copy()
     p_x[0, 0] = 1.0  # the sex head reads image 0 as M on x, F on every counterfactual: not kept
-    rows = cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)
+    rows = cfq.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)
     df = pd.DataFrame(rows).set_index("intervention")
     assert df.index.tolist() == ["scanner", "effusion", "both", "effusion_add", "effusion_remove", "both_add",
                                  "both_remove"]
@@ -248,14 +250,14 @@ def test_quality_rows_hand_made():
     # every sex reading of x is certain (0 or 1): the confident subset is the whole split
     assert (df["sex_confident"] == 1).all() and df["sex_kept_confident"].tolist() == df["sex_kept"].tolist()
     # image 1 read at 0.6 (unsure, left out), image 0 at exactly the confidence (kept in)
-    p_x[0, 0], p_x[1, 0] = cfm.SEX_CONFIDENCE, 0.6
-    df = pd.DataFrame(cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
+    p_x[0, 0], p_x[1, 0] = cfq.SEX_CONFIDENCE, 0.6
+    df = pd.DataFrame(cfq.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
     assert df["sex_kept"].tolist() == [0.75, 0.75, 0.75, 0.5, 1.0, 0.5, 1.0]
     assert df["sex_confident"].tolist() == [0.75, 0.75, 0.75, 1.0, 0.5, 1.0, 0.5]
     np.testing.assert_allclose(df["sex_kept_confident"], [2 / 3, 2 / 3, 2 / 3, 0.5, 1.0, 0.5, 1.0])
     # no confident image in the remove subset (images 1 and 3): NaN there, not 0
     p_x[3, 0] = 0.5
-    df = pd.DataFrame(cfm.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
+    df = pd.DataFrame(cfq.quality_rows(x, parents, cf, probs, None, None, cf, "m", p_x=p_x)).set_index("intervention")
     assert np.isnan(df.loc["effusion_remove", "sex_kept_confident"]) and df.loc["effusion_remove", "sex_confident"] == 0
     assert df.loc["effusion", "sex_kept_confident"] == 0.5 and df.loc["effusion_add", "sex_kept_confident"] == 0.5
 
@@ -288,7 +290,7 @@ def test_gates():
                  dict(method="hvae", intervention=k, effectiveness=0.9, changed_dice=0.7, oracle_mae=6.0,
                       sex_kept=0.99, composition_mae=0.0, reversibility_mae=2.0)]
     q = pd.DataFrame(rows)
-    g = cfm.gates(q)
+    g = cfq.gates(q)
     assert (g[g["gate"] == "stick"]["passed"]).all() and len(g[g["gate"] == "stick"]) == 9
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert h.loc[("scanner", "effectiveness"), "passed"] == False  # noqa: E712  (0.9 < 0.95)
@@ -296,32 +298,32 @@ def test_gates():
     assert h.loc[("effusion", "oracle_mae"), "passed"] == True and "x 10.000" in h.loc[("effusion", "oracle_mae"), "target"]  # noqa: E712
     # a stick that fails: no effectiveness claimed, the oracle-based gates still are
     q.loc[(q["method"] == "identity") & (q["intervention"] == "effusion"), "effectiveness"] = 0.3
-    g = cfm.gates(q)
+    g = cfq.gates(q)
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert not g[g["gate"] == "stick"]["passed"].all()
     assert h.loc[("effusion", "effectiveness"), "passed"] is None and "not claimed" in h.loc[("effusion", "effectiveness"), "note"]
     assert h.loc[("effusion", "changed_dice"), "passed"] == True  # noqa: E712
     assert h.loc[("effusion", "sex_kept"), "passed"] == True  # noqa: E712  (its own gates still pass)
-    assert "effectiveness: FAILS identity effusion 0.300" in cfm.stick_verdict(g)
-    assert "sex_kept: passes" in cfm.stick_verdict(g)
+    assert "effectiveness: FAILS identity effusion 0.300" in cfq.stick_verdict(g)
+    assert "sex_kept: passes" in cfq.stick_verdict(g)
     # the exact counterfactuals flip the sex reading: sex_kept is not claimed, effectiveness is again
     q.loc[(q["method"] == "identity") & (q["intervention"] == "effusion"), "effectiveness"] = 0.05
     q.loc[(q["method"] == "oracle") & (q["intervention"] == "both"), "sex_kept"] = 0.9
-    g = cfm.gates(q)
+    g = cfq.gates(q)
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert h.loc[("scanner", "sex_kept"), "passed"] is None and "sex_kept gates" in h.loc[("scanner", "sex_kept"), "note"]
     assert h.loc[("effusion", "effectiveness"), "passed"] == True  # noqa: E712
-    assert "sex_kept: FAILS oracle both 0.900" in cfm.stick_verdict(g)
+    assert "sex_kept: FAILS oracle both 0.900" in cfq.stick_verdict(g)
     # a table without the sex readings cannot license sex_kept
-    g = cfm.gates(q.drop(columns="sex_kept").assign(sex_kept=[np.nan if m == "oracle" else 0.99 for m in q["method"]]))
+    g = cfq.gates(q.drop(columns="sex_kept").assign(sex_kept=[np.nan if m == "oracle" else 0.99 for m in q["method"]]))
     assert g.set_index(["gate", "intervention", "metric"]).loc[("hvae", "effusion", "sex_kept"), "passed"] is None
     # no exact counterfactuals (real data): identity's gates pass, but nothing is licensed by half a stick
-    g = cfm.gates(q[q["method"] != "oracle"])
+    g = cfq.gates(q[q["method"] != "oracle"])
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert (g[g["gate"] == "stick"]["method"] == "identity").all() and g[g["gate"] == "stick"]["passed"].all()
     assert h.loc[("effusion", "effectiveness"), "passed"] is None and "cannot be checked" in h.loc[("effusion", "effectiveness"), "note"]
     assert h.loc[("effusion", "sex_kept"), "passed"] is None
-    assert "effectiveness: cannot be checked (3 of its gates have inputs)" in cfm.stick_verdict(g)
+    assert "effectiveness: cannot be checked (3 of its gates have inputs)" in cfq.stick_verdict(g)
 
 
 def test_gates_sex_kept_on_confident_images():
@@ -333,22 +335,23 @@ def test_gates_sex_kept_on_confident_images():
                  dict(method="identity", intervention=k, effectiveness=0.05, oracle_mae=10.0),
                  dict(method="hvae", intervention=k, effectiveness=0.96, sex_kept=0.9,
                       sex_kept_confident=0.99 if k == "scanner" else 0.93)]
-    g = cfm.gates(pd.DataFrame(rows))
+    g = cfq.gates(pd.DataFrame(rows))
     s = g[g["gate"] == "stick"].set_index(["intervention", "metric"])
     assert len(s) == 12 and not s.loc[("effusion", "sex_kept"), "passed"] and s.loc[("effusion", "sex_kept_confident"), "passed"]
     h = g[g["gate"] == "hvae"].set_index(["intervention", "metric"])
     assert h.loc[("effusion", "sex_kept"), "passed"] is None
     assert h.loc[("scanner", "sex_kept_confident"), "passed"] == True  # noqa: E712
     assert h.loc[("effusion", "sex_kept_confident"), "passed"] == False  # noqa: E712
-    verdict = cfm.stick_verdict(g)
+    verdict = cfq.stick_verdict(g)
     assert "sex_kept: FAILS oracle scanner 0.900" in verdict and "sex_kept_confident: passes its gates" in verdict
     # an older table, without the column: its gates are left out, nothing is claimed on it
-    g = cfm.gates(pd.DataFrame(rows).drop(columns="sex_kept_confident"))
+    g = cfq.gates(pd.DataFrame(rows).drop(columns="sex_kept_confident"))
     assert "sex_kept_confident" not in set(g["metric"])
 
 
 def test_classifier_metrics_and_training(tiny):
-    from cfcl.hvae import cf_finetune_run, hvae_run
+    from cfcl.counterfactual.cf_finetune import cf_finetune_run
+    from cfcl.counterfactual.hvae_train import hvae_run
 
     parents = pd.DataFrame(dict(sex=[0, 1, 0, 1], scanner=[1, 1, 0, 0], effusion=[0, 0, 0, 1]))
     probs = np.array([[0.2, 0.9, 0.1], [0.7, 0.4, 0.6], [0.6, 0.3, 0.2], [0.9, 0.1, 0.8]])
@@ -396,16 +399,16 @@ def test_classifier_metrics_and_training(tiny):
 
 
 def test_evaluate_table(tiny):
-    from cfcl.hvae import elbo_only, finetune_counterfactuals
+    from cfcl.counterfactual.cf_finetune import elbo_only, finetune_counterfactuals
 
     prof = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2})
     train_hvae(prof, progress=False)
     clf.train_classifiers(prof, progress=False)
     finetune_counterfactuals(prof, progress=False)
     with pytest.raises(MissingRunError, match="--role judge"):  # the judge is trained by its own call
-        cfm.evaluate(prof, "test", progress=False)
+        cfq.evaluate(prof, "test", progress=False)
     clf.train_classifiers(prof, progress=False, role="judge")
-    table = cfm.evaluate(prof, "test", progress=False)
+    table = cfq.evaluate(prof, "test", progress=False)
     names = list(INTERVENTIONS) + ["effusion_add", "effusion_remove", "both_add", "both_remove"]
     assert table[["method", "intervention"]].values.tolist() == [
         [m, k] for m in ("hvae", "hvae_elbo", "identity", "oracle") for k in names]
@@ -418,19 +421,19 @@ def test_evaluate_table(tiny):
     assert table[["effectiveness", "preservation", "sex_kept", "changed_dice"]].stack().between(0, 1).all()
     split = table[table["intervention"].isin(["effusion_add", "effusion_remove"])].groupby("method")["n"].sum()
     assert (split == 8).all()  # the two directions cover the split
-    assert set(cfm.gates(table)["gate"]) == {"stick", "hvae"}
+    assert set(cfq.gates(table)["gate"]) == {"stick", "hvae"}
 
     # Made once: a second call (a variant that shares the HVAE and the predictors) reads the same table back,
     # verified; a damaged table is an error naming the file, not a quiet re-scoring.
-    run = cfm.quality_run(prof, "test")
-    made = run.manifest()["finished_at"], run.path(cfm.QUALITY_NAME).stat().st_mtime_ns
-    pd.testing.assert_frame_equal(cfm.evaluate(prof, "test", progress=False), table)
-    assert (run.manifest()["finished_at"], run.path(cfm.QUALITY_NAME).stat().st_mtime_ns) == made
-    assert cfm.quality_run(prof, "test", alpha=0.5, before=False).key != run.key
-    assert cfm.quality_run(elbo_only(prof), "test").key != run.key
+    run = cfq.quality_run(prof, "test")
+    made = run.manifest()["finished_at"], run.path(cfq.QUALITY_NAME).stat().st_mtime_ns
+    pd.testing.assert_frame_equal(cfq.evaluate(prof, "test", progress=False), table)
+    assert (run.manifest()["finished_at"], run.path(cfq.QUALITY_NAME).stat().st_mtime_ns) == made
+    assert cfq.quality_run(prof, "test", alpha=0.5, before=False).key != run.key
+    assert cfq.quality_run(elbo_only(prof), "test").key != run.key
     variant = tiny({"hvae.epochs": 1, "hvae.cf_finetune_steps": 2, "pretrain.cf_source": "oracle", "finetune.seeds": 2})
-    assert cfm.quality_run(variant, "test").key == run.key
-    path = run.path(cfm.QUALITY_NAME)
+    assert cfq.quality_run(variant, "test").key == run.key
+    path = run.path(cfq.QUALITY_NAME)
     path.write_text(path.read_text().replace("hvae", "hvaX", 1))
     with pytest.raises(ArtifactError, match=str(path)):
-        cfm.evaluate(prof, "test", progress=False)
+        cfq.evaluate(prof, "test", progress=False)

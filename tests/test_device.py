@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from cfcl import finetune as ft
-from cfcl.counterfactuals import counterfactual
+from cfcl.counterfactual.generate import counterfactual
+from cfcl.counterfactual.hvae import HVAE
 from cfcl.device import default_device
-from cfcl.hvae.model import HVAE
 from cfcl.models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -69,9 +69,10 @@ def test_finetune_step_close_on_both_devices():
 def test_tiny_pipeline_runs_on_the_gpu(tiny):
     """Every training stage of a tiny profile on the GPU; the checkpoints load on the CPU."""
     from cfcl import pretrain as pt
-    from cfcl.counterfactuals import generate
-    from cfcl.hvae import finetune_counterfactuals, train_hvae
-    from cfcl.classifiers import train_classifiers
+    from cfcl.counterfactual.cf_finetune import finetune_counterfactuals
+    from cfcl.counterfactual.generate import generate
+    from cfcl.counterfactual.hvae_train import train_hvae
+    from cfcl.counterfactual.predictors import train_classifiers
     from cfcl.runs import load_checkpoint
 
     prof = tiny()

@@ -49,7 +49,7 @@ def test_bad_values_colour_and_corrupt_name_file(tmp_path):
         gd.read_gold_mask(p1)
     p2 = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(p2)
-    with pytest.raises(ValueError, match=r"rgb\.png has shape \(3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"rgb\.png has mode RGB and shape \(3, 3, 3\)"):
         gd.read_gold_mask(p2)
     p3 = tmp_path / "broken.png"
     p3.write_bytes(b"\x89PNG\r\n\x1a\n garbage")

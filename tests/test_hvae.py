@@ -1,4 +1,4 @@
-"""Tests of the counterfactual HVAE (cfcl.hvae): the network on tiny synthetic blobs (16 px), the run
+"""Tests of the counterfactual HVAE (cfcl.counterfactual.hvae, .hvae_train, .cf_finetune): the network on tiny synthetic blobs (16 px), the run
 on the tiny phantom of conftest.py."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from scipy.stats import norm
 
-import cfcl.hvae.model as hv
+import cfcl.counterfactual.hvae as hv
+from cfcl.counterfactual import hvae_train as ht
+from cfcl.counterfactual.hvae_train import hvae_run, load_hvae, read_log, train_hvae
+from cfcl.counterfactual.parents import oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.data import ChestSplit
-from cfcl.hvae import train as ht
-from cfcl.hvae import hvae_run, load_hvae, read_log, train_hvae
-from cfcl.parents import oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.runs import ArtifactError, MissingRunError
 
 
@@ -156,7 +156,7 @@ def test_train_resume_equals_uninterrupted(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("CFCL_RUNS", str(tmp_path / "runs2"))
     part = train_hvae(prof, progress=False, max_epochs=1)
     assert not part.is_finished() and torch.load(part.path("last.pt"), weights_only=True)["epoch"] == 1
-    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae --profile smoke --set"):
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual\.hvae_train --profile smoke --set"):
         load_hvae(prof)
     resumed = torch.load(train_hvae(prof, progress=False).artifact("hvae.pt"), weights_only=True)
     for key in ("model", "ema"):
@@ -188,7 +188,7 @@ def test_damaged_checkpoint_is_refused(tiny):
 
 
 def test_cli_overrides(tiny, capsys):
-    from cfcl.hvae.__main__ import main
+    from cfcl.counterfactual.hvae_train import main
 
     prof = tiny({"hvae.epochs": 1})
     main(["--profile", "smoke", "--set", *prof.overrides])
@@ -196,9 +196,9 @@ def test_cli_overrides(tiny, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Counterfactual fine-tuning (cfcl.hvae.cf_finetune)
+# Counterfactual fine-tuning (cfcl.counterfactual.cf_finetune)
 # ---------------------------------------------------------------------------------------------
-from cfcl.hvae import cf_finetune as cft  # noqa: E402
+from cfcl.counterfactual import cf_finetune as cft  # noqa: E402
 
 
 def _cf_setup(seed: int = 0):
@@ -220,9 +220,21 @@ def _cf_setup(seed: int = 0):
 def _steps(model, ema, predictor, x, pa, cf_pa, eps, n, lr=3e-3, lr_lagrange=0.1, damping=0.0, augment=False):
     lmbda = torch.nn.Parameter(torch.zeros(1))
     opt, lag = cft.make_optimizers(model, lmbda, lr, lr_lagrange)
-    return [cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, eps, beta=1.0, damping=damping,
-                        grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, augment=augment,
+    cfg = cft.CfStepConfig(beta=1.0, damping=damping, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, augment=augment)
+    return [cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, eps, cfg,
                         generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def test_the_step_settings_are_the_profiles():
+    import dataclasses
+
+    from cfcl.config import get_profile
+
+    prof = get_profile("smoke", {"hvae.cf_damping": 7.0, "hvae.cf_cycle": 2.0})
+    hv, cfg = prof.hvae, cft.CfStepConfig.from_profile(prof)
+    assert dataclasses.astuple(cfg) == (hv.beta, 7.0, hv.grad_clip, hv.grad_skip, hv.ema_rate, hv.cf_augment, 2.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.cycle = 0.0
 
 
 def test_flip_parents_and_batches():
@@ -245,7 +257,7 @@ def _parent_dependent(seed: int = 0):
 
 
 def test_cycle_error_is_the_reversibility_of_the_counterfactual():
-    import cfcl.counterfactuals as cfm
+    import cfcl.counterfactual.generate as cfgen
 
     model, _, _, x, pa, cf_pa = _parent_dependent()
     with torch.no_grad():  # the null intervention of x is x: no cycle error
@@ -254,7 +266,7 @@ def test_cycle_error_is_the_reversibility_of_the_counterfactual():
     err = cft.cycle_error(model, x, x_cf, pa, cf_pa)
     assert err.shape == (len(x),) and (err > 1e-4).all()  # the counterfactual does not come back exactly
     with torch.no_grad():  # the same as generating the counterfactual and its way back
-        back = cfm.counterfactual(model, x_cf.detach(), cf_pa, pa)
+        back = cfgen.counterfactual(model, x_cf.detach(), cf_pa, pa)
     torch.testing.assert_close(err.detach(), (back - x).abs().mean(dim=(1, 2, 3)), rtol=1e-5, atol=1e-6)
     model.zero_grad()
     err.sum().backward()  # it trains the encoder through both abductions
@@ -268,8 +280,8 @@ def test_cf_step_cycle_term_is_logged_and_lowered():
         m, e = copy.deepcopy(model), copy.deepcopy(ema)
         lmbda = torch.nn.Parameter(torch.zeros(1))
         opt, lag = cft.make_optimizers(m, lmbda, 5e-3, 0.1)
-        out = [cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
-                           grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, cycle=cycle,
+        cfg = cft.CfStepConfig(beta=1.0, damping=0.0, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9, cycle=cycle)
+        out = [cft.cf_step(m, e, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, cfg,
                            generator=torch.Generator().manual_seed(i)) for i in range(6)]
         assert (out[0]["cycle"] > 0) == (cycle > 0)  # logged where it is trained
         with torch.no_grad():
@@ -293,8 +305,8 @@ def test_cf_step_keeps_the_parents_the_predictor_reads():
     per_parent = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(0)
     lmbda = torch.nn.Parameter(torch.zeros(1))
     opt, lag = cft.make_optimizers(model, lmbda, 1e-3, 0.1)
-    out = cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6, beta=1.0, damping=0.0,
-                      grad_clip=200.0, grad_skip=1e6, ema_rate=0.9)
+    out = cft.cf_step(model, ema, predictor, opt, lag, lmbda, x, pa, cf_pa, 1e6,
+                      cft.CfStepConfig(beta=1.0, damping=0.0, grad_clip=200.0, grad_skip=1e6, ema_rate=0.9))
     for j, p in enumerate(cft.PARENTS):
         assert out[f"aux_{p}"] == pytest.approx(float(per_parent[j]), rel=1e-5, abs=1e-6)
     assert out["aux"] == pytest.approx(float(per_parent.sum()), rel=1e-5)
@@ -319,7 +331,7 @@ def test_mixture_weights_per_latent_group():
 
 
 def test_counterfactual_is_differentiable_and_matches_generation():
-    import cfcl.counterfactuals as cfm
+    import cfcl.counterfactual.generate as cfgen
 
     model, _, _, x, pa, cf_pa = _cf_setup()
     x_cf = model.counterfactual(x, pa, cf_pa)
@@ -327,7 +339,7 @@ def test_counterfactual_is_differentiable_and_matches_generation():
     x_cf.sum().backward()
     assert model.encoder.stem.weight.grad is not None and model.encoder.stem.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        torch.testing.assert_close(cfm.counterfactual(model, x, pa, cf_pa), x_cf.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(cfgen.counterfactual(model, x, pa, cf_pa), x_cf.detach(), rtol=0, atol=0)
 
 
 def test_cf_step_reduces_the_auxiliary_loss_on_a_fixed_batch():
@@ -362,20 +374,20 @@ def _cf_profile(tiny, **extra):
 
 def test_cf_finetune_needs_its_upstream_runs(tiny):
     prof = _cf_profile(tiny)
-    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae --profile smoke"):
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual\.hvae_train --profile smoke"):
         cft.finetune_counterfactuals(prof, progress=False)
     train_hvae(prof, progress=False)
-    with pytest.raises(MissingRunError, match=r"python -m cfcl\.classifiers --profile smoke"):
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual\.predictors --profile smoke"):
         cft.finetune_counterfactuals(prof, progress=False)
-    with pytest.raises(MissingRunError, match=r"python -m cfcl\.hvae\.cf_finetune --profile smoke"):
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual\.cf_finetune --profile smoke"):
         cft.load_counterfactual_model(prof)
 
 
 def test_cf_finetune_run_resumes_exactly_is_verified_and_keeps_the_null_intervention(tiny):
     import shutil
 
-    import cfcl.classifiers as clf
-    from cfcl.counterfactuals import counterfactual_images
+    import cfcl.counterfactual.predictors as clf
+    from cfcl.counterfactual.generate import counterfactual_images
     from cfcl.data import load_split
 
     prof = _cf_profile(tiny)
@@ -444,8 +456,8 @@ def test_cf_finetune_keys(tiny):
 
 
 def test_cf_finetune_cli(tiny, capsys):
-    import cfcl.classifiers as clf
-    from cfcl.hvae.cf_finetune import main
+    import cfcl.counterfactual.predictors as clf
+    from cfcl.counterfactual.cf_finetune import main
 
     prof = _cf_profile(tiny, **{"hvae.cf_finetune_steps": 2})
     train_hvae(prof, progress=False)

@@ -19,9 +19,9 @@ import pytest
 from cfcl import finetune as ft
 from cfcl import pretrain as pt
 from cfcl.config import get_profile
-from cfcl.counterfactuals import generate
+from cfcl.counterfactual.generate import generate
+from cfcl.counterfactual.hvae_train import train_hvae
 from cfcl.data import load_split, make_data
-from cfcl.hvae import train_hvae
 from cfcl.runs import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,4 +90,4 @@ def test_startup_benchmark_reads_every_import_of_a_notebook():
     lines = code.splitlines()
     assert all(line.startswith(("import ", "from ")) for line in lines)
     assert any("plot_before_after" in line and "plot_changed_regions" in line for line in lines)
-    assert "from cfcl.hvae import counterfactual_model_run" in code
+    assert "from cfcl.counterfactual.cf_finetune import counterfactual_model_run" in code

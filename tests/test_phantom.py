@@ -385,11 +385,12 @@ def test_a_split_key_covers_its_own_size_only():
 def test_a_larger_test_split_keeps_every_trained_run():
     """The runs read their splits' keys: n_test changes the fine-tuning runs (they predict the test
     split) and the test split's counterfactuals, nothing trained before them."""
-    from cfcl.classifiers import classifier_run
     from cfcl.config import get_profile
-    from cfcl.counterfactuals import counterfactual_run
+    from cfcl.counterfactual.cf_finetune import counterfactual_model_run
+    from cfcl.counterfactual.generate import counterfactual_run
+    from cfcl.counterfactual.hvae_train import hvae_run
+    from cfcl.counterfactual.predictors import classifier_run
     from cfcl.finetune import finetune_run
-    from cfcl.hvae import counterfactual_model_run, hvae_run
     from cfcl.pretrain import pretrain_run
 
     a, b = get_profile("smoke"), get_profile("smoke", {"data.n_test": 40})

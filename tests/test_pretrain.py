@@ -195,7 +195,7 @@ def test_hvae_views_need_their_counterfactual_run(runs, tmp_path, monkeypatch):
     prof = small_profile(**{"pretrain.cf_source": "hvae"})
     run = pt.pretrain_run(prof, "dvd_cl")
     assert "counterfactuals" in run.upstream
-    with pytest.raises(MissingRunError, match="cfcl.counterfactuals"):
+    with pytest.raises(MissingRunError, match=r"python -m cfcl\.counterfactual "):
         pt.PretrainData(prof, "dvd_cl", split=synthetic_split()[0])
 
 

@@ -3,7 +3,8 @@
 A PadChest image is cropped to its content box (CheXmask's border rule), zero-padded to a centred square
 and resized; a mask of the same image (a gold mask, an original-resolution CheXmask row) follows with the
 same box and padding and a nearest resize, so it stays on its image pixel for pixel. The intensity
-window and reading the files stay in :mod:`cfcl.data.padchest`; the RLE masks in :mod:`cfcl.data.chexmask`.
+window stays in :mod:`cfcl.data.padchest`, reading a PNG in :mod:`cfcl.data.png`, the RLE masks in
+:mod:`cfcl.data.chexmask`.
 """
 from __future__ import annotations
 

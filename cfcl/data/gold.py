@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cfcl.data.png import read_png
 from cfcl.paths import atomic_path
 
 ANNOTATED_INDEX = "annotated.csv"
@@ -144,16 +145,7 @@ def read_gold_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None
     ``sides``) lungs on the wrong sides (:func:`check_sides`) raise errors naming the file.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"gold mask not found: {path}") from None
-    except Exception as exc:
-        raise ValueError(f"cannot read gold mask {path}: {exc}") from exc
-    if arr.ndim != 2:
-        raise ValueError(f"gold mask {path} has shape {arr.shape}; expected a single-channel label map")
+    arr, _ = read_png(path, "gold mask", "a single-channel label map")
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise ValueError(f"gold mask {path} is {arr.shape[0]} x {arr.shape[1]} (height x width) but "
                          f"its image is {shape[0]} x {shape[1]}")

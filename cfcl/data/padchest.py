@@ -69,12 +69,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cfcl.config import EFFUSION, SCANNER, SEX, DataConfig
 from cfcl.data import chexmask as cm
 from cfcl.data.framing import content_box, pad_to_square, preprocess_mask, resize_image
 from cfcl.data import gold as gd
+from cfcl.data import png
 from cfcl.data.metadata import filter_metadata, read_metadata
 from cfcl.data.split import ChestSplit, DataWarning
 from cfcl.paths import atomic_path
@@ -131,20 +131,9 @@ def check_settings(cfg: DataConfig) -> None:
 def read_png(path: str | os.PathLike) -> np.ndarray:
     """Read a grayscale PadChest PNG as ``(H, W)`` uint16 (16-bit files) or uint8 (8-bit files).
 
-    A missing, corrupt or colour file raises an error naming it.
+    A missing, corrupt or colour file raises an error of one line naming it (:func:`cfcl.data.png.read_png`).
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"PadChest image not found: {path}") from None
-    except Exception as exc:
-        raise ValueError(f"cannot read PadChest image {path} (corrupt or not a PNG?): {exc}") from exc
-    if arr.ndim != 2:
-        raise ValueError(f"PadChest image {path} has mode {mode} and shape {arr.shape}; expected grayscale")
+    arr, mode = png.read_png(path, "PadChest image", "grayscale")
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return arr
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 65535:

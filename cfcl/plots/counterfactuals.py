@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 
 from cfcl.config import INTERVENTIONS, PARENTS
-from cfcl.counterfactuals import changed_region_dice
-from cfcl.parents import PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
+from cfcl.counterfactual.parents import PARENT_SETTINGS, parents_tensor, to_model_space, to_uint8
+from cfcl.counterfactual.quality import changed_region_dice
 
 _SHORT = {"sex": ("F", "M"), "scanner": ("IDC", "Philips"), "effusion": ("no PE", "PE")}
 

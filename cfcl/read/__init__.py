@@ -4,6 +4,6 @@ Each module holds one stage's run definitions (the settings payload its key is c
 runs) and the readers of its artifacts: :mod:`.classifiers` (the parent predictors), :mod:`.hvae` (the ELBO and the
 counterfactually fine-tuned HVAE), :mod:`.counterfactuals` (the generated counterfactuals and their quality table),
 :mod:`.pretrain` and :mod:`.finetune`. Results, ablations, latent-space analyses and claims import these, never
-the training loops (:mod:`cfcl.pretrain`, :mod:`cfcl.finetune`, :mod:`cfcl.hvae`, :mod:`cfcl.classifiers`), which
-re-export them.
+the training loops (:mod:`cfcl.pretrain`, :mod:`cfcl.finetune` and the modules of :mod:`cfcl.counterfactual`),
+which re-export them.
 """

@@ -1,4 +1,4 @@
-"""The runs of the parent predictors (teacher and judge; made by :mod:`cfcl.classifiers`).
+"""The runs of the parent predictors (teacher and judge; made by :mod:`cfcl.counterfactual.predictors`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ROLES = {"teacher": "parents", "judge": "judge"}  # role -> the run's label
 
 def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) -> Run:
     """The parent predictors' run (``classifiers.pt``) of ``role`` (``teacher`` or ``judge``, see
-    :mod:`cfcl.classifiers`); its key covers the settings below and the data. Width and epochs are the role's own: ``hvae.classifier_width`` and ``hvae.classifier_epochs`` for the teacher, ``hvae.judge_width`` and
+    :mod:`cfcl.counterfactual.predictors`); its key covers the settings below and the data. Width and epochs are the role's own: ``hvae.classifier_width`` and ``hvae.classifier_epochs`` for the teacher, ``hvae.judge_width`` and
     ``hvae.judge_epochs`` for the judge."""
     if role not in ROLES:
         raise ValueError(f"unknown predictor role {role!r}; choose one of {list(ROLES)}")
@@ -47,5 +47,5 @@ def classifier_run(profile: Profile, role: str = "teacher", lr: float = 1e-3) ->
     if judge:
         settings.update(role="judge", exact_counterfactuals=True, seed_offset=1)
     return Run("classifiers", ROLES[role], settings, runs_dir(profile.name), {"data": data_run(profile, "pretrain")},
-               remake=f"python -m cfcl.classifiers {profile.cli()}{' --role judge' if role == 'judge' else ''}"
+               remake=f"python -m cfcl.counterfactual.predictors {profile.cli()}{' --role judge' if role == 'judge' else ''}"
                       f"  (or: make hvae {profile.make_args()})")

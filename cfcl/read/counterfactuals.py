@@ -1,5 +1,5 @@
 """The runs of the HVAE counterfactuals of a split and of their quality table (made by
-:mod:`cfcl.counterfactuals`).
+:mod:`cfcl.counterfactual.generate` and :mod:`cfcl.counterfactual.quality`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def counterfactual_run(profile: Profile, split: str = "pretrain", t: float = 0.0
     ELBO one with ``hvae.cf_finetune_steps=0``)."""
     return Run("counterfactuals", split, {"split": split, "t": float(t), "alpha": float(alpha)},
                runs_dir(profile.name), {"hvae": counterfactual_model_run(profile), "data": data_run(profile, split)},
-               remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split}"
+               remake=f"python -m cfcl.counterfactual {profile.cli()} --splits {split}"
                       f"  (or: make hvae {profile.make_args()})")
 
 
@@ -36,13 +36,13 @@ SEX_CONFIDENCE = 0.95
 QUALITY_NAME = "quality.csv"
 
 
-#: Bumped whenever :func:`cfcl.counterfactuals.quality_rows` changes what it measures, so no table of the old kind is read back.
+#: Bumped whenever :func:`cfcl.counterfactual.quality.quality_rows` changes what it measures, so no table of the old kind is read back.
 QUALITY_VERSION = 2  # 2: sex_confident, sex_kept_confident
 
 
 def quality_run(profile: Profile, split: str = "test", threshold: float = 0.1, t: float = 0.0, alpha: float = 1.0,
                 before: bool = True) -> Run:
-    """The run holding :func:`cfcl.counterfactuals.evaluate`'s table (``quality.csv``). Its key covers the settings below and the
+    """The run holding :func:`cfcl.counterfactual.quality.evaluate`'s table (``quality.csv``). Its key covers the settings below and the
     runs the table reads: the split's counterfactuals (hence the counterfactual HVAE and the data), the
     ELBO-only HVAE's (with ``before`` and fine-tuning on), and the judge and teacher predictors. A variant
     that changes none of them (``pretrain.cf_source=oracle``, a fine-tuning seed) reads the table back
@@ -55,5 +55,5 @@ def quality_run(profile: Profile, split: str = "test", threshold: float = 0.1, t
     settings = {"split": split, "threshold": float(threshold), "t": float(t), "alpha": float(alpha),
                 "before": before, "sex_confidence": SEX_CONFIDENCE, "version": QUALITY_VERSION}
     return Run("cf_quality", f"{split}-alpha{alpha:g}", settings, runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.counterfactuals {profile.cli()} --splits {split} --evaluate --alpha {alpha:g}"
+               remake=f"python -m cfcl.counterfactual {profile.cli()} --splits {split} --evaluate --alpha {alpha:g}"
                       f"{'' if before else ' --no-before'}  (or: make hvae {profile.make_args()})")

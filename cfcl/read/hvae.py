@@ -1,5 +1,5 @@
-"""The HVAE runs: the ELBO-trained model (made by :mod:`cfcl.hvae.train`) and its counterfactual
-fine-tuning (made by :mod:`cfcl.hvae.cf_finetune`).
+"""The HVAE runs: the ELBO-trained model (made by :mod:`cfcl.counterfactual.hvae_train`) and its counterfactual
+fine-tuning (made by :mod:`cfcl.counterfactual.cf_finetune`).
 """
 from __future__ import annotations
 
@@ -20,18 +20,18 @@ WARMUP_STEPS = 100
 
 # HVAE settings that do not change the ELBO-trained model (they are not part of its key): the parent
 # predictors' (``classifier_*``, ``judge_*``), counterfactual generation and fine-tuning (``cf_*``, the run of
-# :mod:`cfcl.hvae.cf_finetune`).
+# :mod:`cfcl.counterfactual.cf_finetune`).
 NOT_TRAINING = tuple(f.name for f in dataclasses.fields(HVAEConfig)
                      if f.name.startswith(("classifier_", "judge_", "cf_")))
 
 
 def hvae_run(profile: Profile) -> Run:
-    """The HVAE run of ``profile`` (see :mod:`cfcl.hvae.train`); made by :func:`cfcl.hvae.train_hvae`."""
+    """The HVAE run of ``profile`` (see :mod:`cfcl.counterfactual.hvae_train`); made by :func:`cfcl.counterfactual.hvae_train.train_hvae`."""
     settings = {"hvae": profile.section("hvae", exclude=NOT_TRAINING), "image_size": profile.data.image_size,
                 "seed": profile.seed, "weight_decay": WEIGHT_DECAY, "warmup_steps": WARMUP_STEPS}
     upstream = {"data/pretrain": data_run(profile, "pretrain"), "data/val": data_run(profile, "val")}
     return Run("hvae", "hvae", settings, runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.hvae {profile.cli()}  (or: make hvae {profile.make_args()})")
+               remake=f"python -m cfcl.counterfactual.hvae_train {profile.cli()}  (or: make hvae {profile.make_args()})")
 
 
 #: Images the ELBO constraint ``eps`` is measured on (all of the split up to this many).
@@ -54,12 +54,12 @@ def cf_settings(profile: Profile) -> dict:
 
 
 def cf_finetune_run(profile: Profile) -> Run:
-    """The counterfactually fine-tuned HVAE of ``profile`` (see :mod:`cfcl.hvae.cf_finetune`); made by
-    :func:`cfcl.hvae.finetune_counterfactuals`. Upstream: the ELBO run, the parent predictors, the data."""
+    """The counterfactually fine-tuned HVAE of ``profile`` (see :mod:`cfcl.counterfactual.cf_finetune`); made by
+    :func:`cfcl.counterfactual.cf_finetune.finetune_counterfactuals`. Upstream: the ELBO run, the parent predictors, the data."""
     upstream = {"hvae": hvae_run(profile), "classifiers": classifier_run(profile),
                 "data/pretrain": data_run(profile, "pretrain")}
     return Run("hvae_cf", "hvae_cf", cf_settings(profile), runs_dir(profile.name), upstream,
-               remake=f"python -m cfcl.hvae.cf_finetune {profile.cli()}  (or: make hvae {profile.make_args()})")
+               remake=f"python -m cfcl.counterfactual.cf_finetune {profile.cli()}  (or: make hvae {profile.make_args()})")
 
 
 def counterfactual_model_run(profile: Profile) -> Run:

@@ -33,7 +33,7 @@ fine-tuning makes the parents matter. Starting from the ELBO run's EMA weights, 
    (the modified differential method of multipliers, as causal-gen).
 
 AdamW (``hvae.cf_lr``), gradient-norm clipping and skipping (``hvae.grad_clip``, ``hvae.grad_skip``),
-and an EMA of the weights (``hvae.ema_rate`` with the warm-up of :func:`cfcl.hvae.train.ema_rate_at`);
+and an EMA of the weights (``hvae.ema_rate`` with the warm-up of :func:`cfcl.counterfactual.hvae_train.ema_rate_at`);
 the EMA weights draw the counterfactuals.
 
 The fine-tuned model is its own run of the run layer (:mod:`cfcl.runs`),
@@ -44,13 +44,13 @@ fine-tuning seed from the same ELBO model and predictors, to measure the fine-tu
 run interrupted after any checkpoint (``last.pt``, every tenth of the run) resumes exactly.
 ``hvae.cf_finetune_steps = 0`` turns it off: the ELBO run then draws the counterfactuals
 (:func:`counterfactual_model_run`).
-``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``.
+``python -m cfcl.counterfactual.cf_finetune --profile cpu [--set ...]``.
 """
 from __future__ import annotations
 
 import copy
-import math
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -59,15 +59,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cfcl.classifiers import augment as warp_like_predictors
-from cfcl.classifiers import load_classifiers
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENED_PARENTS, INTERVENTIONS, PARENTS, Profile
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.hvae_train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
+from cfcl.counterfactual.parents import parents_tensor, to_model_space
+from cfcl.counterfactual.predictors import augment as warp_like_predictors
+from cfcl.counterfactual.predictors import load_classifiers
 from cfcl.data import load_split
 from cfcl.device import default_device
-from cfcl.hvae.model import HVAE
-from cfcl.hvae.train import WEIGHT_DECAY, ema_rate_at, ema_update, hvae_run, load_hvae
-from cfcl.parents import parents_tensor, to_model_space
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.hvae import (EPS_IMAGES, FIXED, cf_finetune_run, cf_settings,  # noqa: F401  (re-exported)
@@ -158,22 +159,49 @@ def elbo_constraint(model: HVAE, images: np.ndarray, pa: torch.Tensor, beta: flo
     return float(value) + float(slack)
 
 
+@dataclass(frozen=True)
+class CfStepConfig:
+    """The settings of a counterfactual fine-tuning step (:func:`cf_step`), built once per run from the
+    profile (:meth:`from_profile`).
+
+    ``beta``: the KL weight of the ELBO (``hvae.beta``); ``damping``: the damping of the multiplier
+    (``hvae.cf_damping``); ``grad_clip``, ``grad_skip``: the HVAE's gradient norm is clipped to the first and
+    the step skipped at or above the second (``hvae.grad_clip``, ``hvae.grad_skip``); ``ema_rate``: the EMA
+    rate before warm-up (``hvae.ema_rate``); ``augment``: the predictors read ``x_cf`` through a random warp
+    (``hvae.cf_augment``); ``cycle``: the weight of the cycle term (``hvae.cf_cycle``).
+    """
+
+    beta: float
+    damping: float
+    grad_clip: float
+    grad_skip: float
+    ema_rate: float
+    augment: bool = False
+    cycle: float = 0.0
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> "CfStepConfig":
+        hv = profile.hvae
+        return cls(beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
+                   ema_rate=hv.ema_rate, augment=hv.cf_augment, cycle=hv.cf_cycle)
+
+
 def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optimizer,
             lag_opt: torch.optim.Optimizer, lmbda: torch.Tensor, x: torch.Tensor, pa: torch.Tensor,
-            cf_pa: torch.Tensor, eps: float, *, beta: float, damping: float, grad_clip: float,
-            grad_skip: float, ema_rate: float, step: int | None = None, augment: bool = False,
-            cycle: float = 0.0, generator: torch.Generator | None = None) -> dict[str, float]:
+            cf_pa: torch.Tensor, eps: float, cfg: CfStepConfig, *, step: int | None = None,
+            generator: torch.Generator | None = None) -> dict[str, float]:
     """One step of counterfactual fine-tuning (see the module docstring) on ``x (B, 1, H, W)`` in
-    [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``. ``predictor`` is
+    [-1, 1] with parents ``pa`` and counterfactual parents ``cf_pa`` ``(B, P)``, with the settings
+    ``cfg`` (:class:`CfStepConfig`). ``predictor`` is
     frozen (eval mode, no gradient to its weights). The targets of the intervened parents are their
     counterfactual values; those of the others are the frozen predictors' own probabilities on ``x``
     (keep what the predictor reads, whatever its accuracy); the per-parent means over the batch are
     logged as ``aux_<parent>`` and summed.
-    ``cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
+    ``cfg.cycle``: weight of the mean ``|x_back - x|``, ``x_back`` the counterfactual of ``x_cf`` (abducted
     under ``cf_pa``, with its gradient) back to ``pa`` (:func:`cycle_error`; reversibility, trained).
     ``lmbda`` is the ``(1,)`` multiplier that
     ``lag_opt`` maximises (clamped at 0). Skipped (no update of the HVAE, the multiplier or the
-    EMA) when the HVAE's gradient norm is not finite or ``>= grad_skip``. With ``step`` the EMA rate
+    EMA) when the HVAE's gradient norm is not finite or ``>= cfg.grad_skip``. With ``step`` the EMA rate
     warms up (:func:`ema_rate_at`).
 
     Returns floats ``loss``, ``aux`` (summed over parents), ``aux_<parent>``, ``elbo`` (the
@@ -181,32 +209,28 @@ def cf_step(model: HVAE, ema: HVAE, predictor: nn.Module, opt: torch.optim.Optim
     ``grad_norm`` and ``skipped``."""
     model.train()
     predictor.eval()
-    opt.zero_grad(set_to_none=True)
-    lag_opt.zero_grad(set_to_none=True)
     acts = model.encoder(x)
-    out = model(x, pa, beta=beta, generator=generator, acts=acts)
+    out = model(x, pa, beta=cfg.beta, generator=generator, acts=acts)
     x_cf = model.counterfactual(x, pa, cf_pa, t=0.0, acts=acts)
-    seen = warp_like_predictors(x_cf, generator) if augment else x_cf
+    seen = warp_like_predictors(x_cf, generator) if cfg.augment else x_cf
     with torch.no_grad():
         target = torch.where(cf_pa != pa, cf_pa, torch.sigmoid(predictor(x)))
     per_parent = F.binary_cross_entropy_with_logits(predictor(seen), target, reduction="none").mean(0)
     aux = per_parent.sum()
     back_err = torch.zeros((), device=x.device)
-    if cycle > 0:  # reversibility: x_cf taken back to the factual parents should be x
+    if cfg.cycle > 0:  # reversibility: x_cf taken back to the factual parents should be x
         back_err = cycle_error(model, x, x_cf, pa, cf_pa).mean()
-        aux = aux + cycle * back_err
+        aux = aux + cfg.cycle * back_err
     gap = eps - out["loss"]
-    loss = aux - (lmbda - damping * gap.detach()) * gap
+    loss = aux - (lmbda - cfg.damping * gap.detach()) * gap
     loss = loss.sum()
-    loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    skipped = not math.isfinite(grad_norm) or grad_norm >= grad_skip or not torch.isfinite(loss)
-    if not skipped:
-        opt.step()
-        lag_opt.step()
+    grad_norm, stepped = optimiser_step(loss, (opt, lag_opt), model.parameters(), clip=cfg.grad_clip,
+                                        skip=cfg.grad_skip)
+    skipped = not stepped
+    if stepped:
         with torch.no_grad():
             lmbda.clamp_(min=0.0)
-        ema_update(ema, model, ema_rate if step is None else ema_rate_at(ema_rate, step))
+        ema_update(ema, model, cfg.ema_rate if step is None else ema_rate_at(cfg.ema_rate, step))
     opt.zero_grad(set_to_none=True)
     lag_opt.zero_grad(set_to_none=True)
     res = dict(loss=float(loss.detach()), aux=float(aux.detach()),
@@ -292,6 +316,7 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         eps = elbo_constraint(model, train.images, pa_all, hv.beta, hv.cf_effusion_fraction, hv.cf_elbo_slack,
                               batch_size=max(hv.batch_size, 64), seed=profile.seed)
 
+    step_cfg = CfStepConfig.from_profile(profile)
     total = hv.cf_finetune_steps
     stop = total if max_steps is None else min(total, step + max_steps)
     every = max(1, total // 10)
@@ -313,9 +338,8 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
         pa = pa_all[idx]
         cf_pa = flip_parents(pa, torch.as_tensor(which)).to(device)
         x, pa = to_model_space(train.images[idx]).to(device), pa.to(device)
-        out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa,
-                      eps, beta=hv.beta, damping=hv.cf_damping, grad_clip=hv.grad_clip, grad_skip=hv.grad_skip,
-                      ema_rate=hv.ema_rate, step=step, augment=hv.cf_augment, cycle=hv.cf_cycle, generator=gen)
+        out = cf_step(model, ema, predictor, opt, lag_opt, lmbda, x, pa, cf_pa, eps, step_cfg, step=step,
+                      generator=gen)
         step += 1
         rows.append(dict(step=step, **{k: out[k] for k in LOG_COLUMNS if k != "step"}))
         bar.update(1)
@@ -339,9 +363,9 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m cfcl.hvae.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
+    """``python -m cfcl.counterfactual.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
-    ap = profile_parser("python -m cfcl.hvae.cf_finetune", main.__doc__)
+    ap = profile_parser("python -m cfcl.counterfactual.cf_finetune", main.__doc__)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)

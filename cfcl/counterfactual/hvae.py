@@ -17,7 +17,7 @@ follows ("using the same method as the authors", i.e. biomedia-mira causal-gen):
   and divided by ``H * W``, the NLL is the mean over pixels).
 
 Parents vector ``pa``: ``(sex, scanner, effusion)`` as floats in ``{0, 1}``
-(:func:`cfcl.parents.parents_tensor`).
+(:func:`cfcl.counterfactual.parents.parents_tensor`).
 """
 from __future__ import annotations
 
@@ -307,12 +307,12 @@ class HVAE(nn.Module):
         ``x_cf = clamp(cf_loc + cf_scale * (x - loc) / scale, -1, 1)``, ``(B, 1, H, W)``.
 
         Abduction ``z ~ q(z | x, pa)`` at temperature ``t`` (0: posterior means) keeps its
-        gradient, so counterfactual fine-tuning (:mod:`cfcl.hvae.cf_finetune`) trains the encoder
+        gradient, so counterfactual fine-tuning (:mod:`cfcl.counterfactual.cf_finetune`) trains the encoder
         and the decoder through it. ``alpha < 1``: causal-gen's mixture abduction
         ``alpha * z + (1 - alpha) * prior mean under the decoding parents`` (both decodes, so the
         null intervention stays exact; one ``alpha`` per latent group, coarse to fine, mixes each group
         on its own). ``acts``: the encoder activations of ``x`` if already
-        computed. Under ``torch.no_grad()`` this is :func:`cfcl.counterfactuals.counterfactual`.
+        computed. Under ``torch.no_grad()`` this is :func:`cfcl.counterfactual.generate.counterfactual`.
         """
         acts = self.encoder(x) if acts is None else acts
         h, stats = self.decode(pa, acts=acts, t=t, generator=generator)

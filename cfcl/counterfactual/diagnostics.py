@@ -20,8 +20,8 @@ import scipy.ndimage as ndi
 import torch
 from skimage.morphology import convex_hull_image
 
-from cfcl.counterfactuals import changed_region_dice
-from cfcl.hvae import HVAE
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.quality import changed_region_dice
 
 
 #: Fields redrawn whole: the lung hidden below the domes and behind the heart, and the gastric bubble.

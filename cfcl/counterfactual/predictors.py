@@ -2,7 +2,7 @@
 
 They measure the *effectiveness* of counterfactuals (Monteiro et al., ICLR 2023; REFERENCES
 section 2): does a classifier trained on factual images see the intervened parent in x_cf? And,
-frozen, they are the teachers of counterfactual fine-tuning (:mod:`cfcl.hvae.cf_finetune`).
+frozen, they are the teachers of counterfactual fine-tuning (:mod:`cfcl.counterfactual.cf_finetune`).
 
 One network, three logits (sex, scanner, effusion), binary cross-entropy per head, trained on
 the factual pretrain images. Every batch is **balanced over the four scanner x effusion cells**
@@ -13,7 +13,7 @@ flips; :data:`AUGMENT`) for every image, and their photometric jitter, blur and 
 (:data:`PHOTOMETRIC`) for half of each batch, whose *scanner* label is then left out: the scanner is
 the acquisition (contrast, brightness, blur, noise), which the photometric augmentation erases, while
 sex and effusion must be read whatever the acquisition. A measuring stick is only trusted after
-:func:`cfcl.counterfactuals.gates`: the phantom's exact counterfactuals must read as
+:func:`cfcl.counterfactual.quality.gates`: the phantom's exact counterfactuals must read as
 counterfactual and x itself must not.
 
 Two roles (``ROLES``), two runs. The **teacher** (``parents``) is trained on the factual images only, as
@@ -25,7 +25,7 @@ trained (same architecture, batches, augmentation and compute) on the factual im
 counterfactuals where the data source has them (the phantom: every image then shows each parent both
 ways, the rare effusion cell included), and never seen by the fine-tuning.
 The sex the judge reads is trusted where it is confident: ``sex_kept_confident`` in
-:mod:`cfcl.counterfactuals` (the exact counterfactuals keep it there, so the stick can license it).
+:mod:`cfcl.counterfactual.quality` (the exact counterfactuals keep it there, so the stick can license it).
 Where the source has no exact counterfactuals (real data) the judge is trained on the factual images only,
 with a seed of its own: still independent of the teacher, but as weak; effectiveness figures are then
 flagged as unvalidated by the stick gates.
@@ -47,9 +47,10 @@ from sklearn.metrics import roc_auc_score
 
 from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import INTERVENTIONS, PARENTS, Profile
+from cfcl.counterfactual.parents import intervene, parents_tensor, to_model_space
 from cfcl.data import load_split
 from cfcl.device import default_device
-from cfcl.parents import intervene, parents_tensor, to_model_space
+from cfcl.optim import optimiser_step
 from cfcl.progress import tqdm
 from cfcl.read.classifiers import (AUGMENT, PHOTOMETRIC, PHOTOMETRIC_SHARE, ROLES,  # noqa: F401  (re-exported)
                                    classifier_run)
@@ -198,9 +199,7 @@ def train_classifiers(profile: Profile, progress: bool = True, role: str = "teac
                 logits = model(x)
                 loss = (F.binary_cross_entropy_with_logits(logits, pa[idx], reduction="none") * weight).sum(0)
                 loss = (loss / weight.sum(0).clamp(min=1)).mean()  # mean per head, then over heads
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimiser_step(loss, opt)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
             epoch += 1
@@ -277,8 +276,8 @@ def predictor_report(profile: Profile, splits: tuple[str, ...] = ("val", "test")
 
 @entry_point
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cfcl.classifiers --profile cpu [--set ...]``: train (or verify) the parent predictors."""
-    parser = profile_parser("python -m cfcl.classifiers", "Train the parent predictors.")
+    """``python -m cfcl.counterfactual.predictors --profile cpu [--set ...]``: train (or verify) the parent predictors."""
+    parser = profile_parser("python -m cfcl.counterfactual.predictors", "Train the parent predictors.")
     parser.add_argument("--role", default="teacher", choices=list(ROLES),
                         help="teacher: taught counterfactual fine-tuning; judge: measures effectiveness")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ with ``hvae.pt`` (model configuration, EMA and raw weights), ``log.csv`` (per ep
 validation loss, skipped steps, seconds) and ``samples/epoch_XXX.png``; the key covers the HVAE's
 training settings, the image size, the seed and the data. While training, ``last.pt`` holds the
 full state after every epoch (weights, EMA, optimiser, noise generator), so a killed run resumes
-exactly; it is removed when the run finishes. ``python -m cfcl.hvae --profile cpu [--set ...]``.
+exactly; it is removed when the run finishes. ``python -m cfcl.counterfactual.hvae_train --profile cpu [--set ...]``.
 """
 from __future__ import annotations
 
@@ -18,17 +18,20 @@ import copy
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
+from cfcl.cli import entry_point, profile_of, profile_parser
 from cfcl.config import Profile
+from cfcl.counterfactual.hvae import HVAE
+from cfcl.counterfactual.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
 from cfcl.data import ChestSplit, load_split
 from cfcl.device import default_device
-from cfcl.hvae.model import HVAE
-from cfcl.parents import PARENT_SETTINGS, oversampled_batches, parents_tensor, to_model_space, to_uint8
+from cfcl.optim import optimiser_step
 from cfcl.paths import atomic_path
 from cfcl.progress import tqdm
 from cfcl.read.hvae import NOT_TRAINING, WARMUP_STEPS, WEIGHT_DECAY, hvae_run  # noqa: F401  (re-exported)
@@ -65,13 +68,10 @@ def train_step(model: HVAE, ema: HVAE, optimizer: torch.optim.Optimizer, x: torc
     Returns floats ``loss``, ``nll``, ``kl``, ``grad_norm`` and ``skipped`` (0/1).
     """
     model.train()
-    optimizer.zero_grad(set_to_none=True)
     out = model(x, pa, beta=beta, generator=generator)
-    out["loss"].backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    skipped = not math.isfinite(grad_norm) or grad_norm >= grad_skip or not torch.isfinite(out["loss"])
-    if not skipped:
-        optimizer.step()
+    grad_norm, stepped = optimiser_step(out["loss"], optimizer, model.parameters(), clip=grad_clip, skip=grad_skip)
+    skipped = not stepped
+    if stepped:
         ema_update(ema, model, ema_rate if step is None else ema_rate_at(ema_rate, step))
     optimizer.zero_grad(set_to_none=True)
     return dict(loss=float(out["loss"].detach()), nll=float(out["nll"].detach()), kl=float(out["kl"].detach()),
@@ -220,3 +220,22 @@ def _train(profile: Profile, run: Run, progress: bool, sample_every: int | None,
 def read_log(profile: Profile) -> pd.DataFrame:
     """The per-epoch loss log of the profile's (finished) HVAE run."""
     return pd.read_csv(hvae_run(profile).require().artifact("log.csv"))
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m cfcl.counterfactual.hvae_train --profile cpu [--set hvae.epochs=5 ...]``: train (or verify)
+    the HVAE run."""
+    parser = profile_parser("python -m cfcl.counterfactual.hvae_train", "Train the counterfactual HVAE.",
+                            set_help="settings, e.g. hvae.epochs=5 seed=1")
+    parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this call")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = train_hvae(profile_of(args), max_epochs=args.max_epochs)
+    print(f"HVAE run: {run.folder}" + ("" if run.is_finished() else " (unfinished)"))
+
+
+if __name__ == "__main__":
+    main()
