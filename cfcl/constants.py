@@ -1,5 +1,5 @@
 """Domain constants used everywhere in the project (data, HVAE, classifiers, metrics, the network): plain
-Python, no import; :mod:`cfcl.config` re-exports them."""
+Python, no import; :mod:`cfcl.config` re-exports the ones the project imports from there."""
 from __future__ import annotations
 
 # Parent encodings used everywhere in the project (data, HVAE, classifiers, metrics).
