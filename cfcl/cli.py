@@ -34,9 +34,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def profile_parser(prog: str, description: str | None = None,
-                   set_help: str = "settings over the profile, e.g. pretrain.steps=100 seed=1") -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with the shared ``--profile``, ``--set`` and ``--variant`` options."""
+                   set_help: str = "settings over the profile, e.g. pretrain.steps=100 seed=1",
+                   threads: bool = False) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the shared ``--profile``, ``--set`` and ``--variant`` options, and with
+    ``threads`` a ``--threads`` option (torch CPU threads, set by :func:`profile_of`)."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
+    if threads:
+        ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--profile", default="cpu", help="the profile (default: cpu)")
     ap.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                     help=set_help)
@@ -45,7 +49,12 @@ def profile_parser(prog: str, description: str | None = None,
 
 
 def profile_of(args: argparse.Namespace):
-    """The validated profile of parsed :func:`profile_parser` arguments."""
+    """The validated profile of parsed :func:`profile_parser` arguments; sets torch's CPU threads where
+    ``--threads`` was given."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     return get_profile(args.profile, args.overrides, args.variant)
 
 

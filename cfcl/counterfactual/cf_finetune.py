@@ -365,12 +365,9 @@ def _finetune(profile: Profile, run: Run, progress: bool, max_steps: int | None)
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cfcl.counterfactual.cf_finetune --profile cpu [--set ...]``: fine-tune (or verify) the HVAE
     for counterfactuals (the ELBO run and the parent predictors must be made)."""
-    ap = profile_parser("python -m cfcl.counterfactual.cf_finetune", main.__doc__)
+    ap = profile_parser("python -m cfcl.counterfactual.cf_finetune", main.__doc__, threads=True)
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run = finetune_counterfactuals(profile_of(args), max_steps=args.max_steps)
     print(f"counterfactual HVAE run: {run.folder}" + ("" if run.is_finished() else " (unfinished)"))
 

@@ -227,12 +227,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cfcl.counterfactual.hvae_train --profile cpu [--set hvae.epochs=5 ...]``: train (or verify)
     the HVAE run."""
     parser = profile_parser("python -m cfcl.counterfactual.hvae_train", "Train the counterfactual HVAE.",
-                            set_help="settings, e.g. hvae.epochs=5 seed=1")
+                            set_help="settings, e.g. hvae.epochs=5 seed=1", threads=True)
     parser.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs in this call")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run = train_hvae(profile_of(args), max_epochs=args.max_epochs)
     print(f"HVAE run: {run.folder}" + ("" if run.is_finished() else " (unfinished)"))
 
