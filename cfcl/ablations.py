@@ -26,6 +26,10 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   300-step arm is the profile's VADeR) beside it from the profile's length on: the pre-training-length
   curve, with the control that tells whether length helps counterfactual views or dense pre-training in
   general (DVD-CL - None, VADeR - None, DVD-CL - VADeR at each length).
+- ``cf_source_long``: ``cf_source`` for DVD-CL after nine times the profile's pre-training steps (2,700 at
+  `cpu`): whether the HVAE's do(effusion) fidelity gap costs anything once pre-training has converged (its
+  ``oracle`` arm is the ``length`` ablation's ninefold arm, its ``hvae`` arm the ``long`` variant's first
+  pre-training replicate);
 - ``low_label``: fine-tuning on 10 annotated images per fold (3 healthy + 7 effusion, drawn from the fold's
   training folds, :func:`cfcl.finetune.training_images`) against all of them (56 per fold at `cpu`), for
   the same number of optimiser steps (``finetune.epochs`` scaled, 140 steps at `cpu`): whether pre-training
@@ -134,6 +138,11 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
               *(("vader", arm, "none", arm) for arm in ("profile", "triple", "ninefold")),
               *(("dvd_cl", arm, "vader", arm) for arm in ("profile", "triple", "ninefold"))),
              arm_methods={"third": ("none", "dvd_cl")}),
+    Ablation("cf_source_long", "Where the counterfactual views come from, after nine times the pre-training",
+             {"identity": "pretrain.cf_source=identity pretrain.steps={steps_9x}", "hvae": "pretrain.steps={steps_9x}",
+              "oracle": "pretrain.cf_source=oracle pretrain.steps={steps_9x}"},
+             ("dvd_cl",), tuple(("dvd_cl", a, "dvd_cl", b)
+                                for a, b in (("hvae", "identity"), ("oracle", "identity"), ("oracle", "hvae")))),
     Ablation("low_label", "Ten labels per fold (3 healthy + 7 effusion) against all of them",
              {"all": "", "ten": f"finetune.train_healthy={LOW_LABEL[0]} finetune.train_effusion={LOW_LABEL[1]} "
                                 "finetune.epochs={epochs_low}"},

@@ -26,6 +26,11 @@ def test_plan_runs_each_distinct_arm_once_with_the_union_of_its_methods():
     assert arms["pretrain.cf_source=oracle pretrain.steps=900"] == ("abl-length-triple", ["none", "vader", "dvd_cl"])
     assert arms["pretrain.cf_source=oracle pretrain.steps=2700"] == ("abl-length-ninefold", ["none", "vader", "dvd_cl"])
     assert ab.arm_profile(get_profile("cpu"), "length", "ninefold").pretrain.steps == 2700
+    # the counterfactual source at length: identity and hvae are new arms, oracle is the length curve's 2,700 steps
+    assert arms["pretrain.cf_source=identity pretrain.steps=2700"] == ("abl-cf_source_long-identity", ["dvd_cl"])
+    assert arms["pretrain.steps=2700"] == ("abl-cf_source_long-hvae", ["dvd_cl"])
+    long_plan = ab.make_plan(get_profile("cpu"), ["cf_source_long"])
+    assert [v for v, _, _ in long_plan] == ["abl-cf_source_long-identity", "abl-cf_source_long-hvae", "abl-length-ninefold"]
     assert arms["pretrain.replicate=1"] == ("abl-replicate-r1", ["none", "dvd_cl", "s_mvd_cl"])
     # the low-label arm: 10 images per fold for as many optimiser steps as 56 (7 steps per epoch x 20 -> 2 x 70)
     assert arms["finetune.train_healthy=3 finetune.train_effusion=7 finetune.epochs=70"] == (
