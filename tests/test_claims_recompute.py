@@ -153,3 +153,28 @@ def test_long_contrasts_and_the_set_a_claims_file_was_decided_with():
     assert contrasts_of(paper) is CLAIM_SETS["paper"] and contrasts_of(long) is CLAIM_SETS["long"]
     with pytest.raises(ValueError, match="no contrast set"):
         contrasts_of(pd.DataFrame({"contrast": ["SimCLR - VADeR"], "metric": ["dsc"]}))
+
+
+ABLATION_FILES = sorted(ROOT.glob("figures/*/ablations/*_per_image.csv"))
+
+
+@pytest.mark.parametrize("path", ABLATION_FILES, ids=lambda p: f"{p.parents[1].name}/{p.stem}")
+def test_each_committed_ablation_is_recomputed_from_its_per_image_file(path):
+    """Every arm's means (``<name>_arms.csv``) and every contrast's estimate (``<name>.csv``) of a committed
+    ablation follow from its committed ``<name>_per_image.csv`` alone (to :data:`TOL` points)."""
+    from cfcl.ablations import arm_means, tables_from_csv
+    from cfcl.claims import paired
+
+    name = path.stem[: -len("_per_image")]
+    tables = tables_from_csv(path)
+    arms = pd.read_csv(path.parent / f"{name}_arms.csv").set_index(["method", "arm"])
+    means = arm_means(tables).set_index(["method", "arm"])
+    for metric in ("dsc", "dsc_pe", "hidden_recall"):
+        diff = (means.loc[arms.index, metric] - arms[metric]).abs()
+        assert diff.max() <= TOL, f"{path}: {metric} arm means differ by {diff.max():.3f}"
+    assert (means.loc[arms.index, "seeds"] == arms["seeds"]).all()
+    rows = pd.read_csv(path.parent / f"{name}.csv")
+    assert len(rows) > 0
+    for r in rows.itertuples():
+        a, b = paired(tables[(r.a, r.arm_a)], tables[(r.b, r.arm_b)], r.metric)
+        assert abs(float(np.mean(a - b)) - r.estimate) <= TOL, f"{path}: {r.contrast} {r.metric}"
