@@ -103,13 +103,15 @@ CEILING_IMAGES, CEILING_EPOCHS = 1000, 12
 _CEILING = (f"data.n_annotated_healthy={CEILING_IMAGES} data.n_annotated_effusion={CEILING_IMAGES} "
             "finetune.folds=2 finetune.schedule=cosine finetune.epochs=")
 
+#: The counterfactual-source contrasts (arm a, arm b) of ``cf_source`` and ``cf_source_long``.
+_SOURCE_PAIRS = (("hvae", "identity"), ("oracle", "identity"), ("oracle", "hvae"))
+
 
 ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("cf_source", "Where the counterfactual views come from",
              {"identity": "pretrain.cf_source=identity", "hvae": "", "oracle": "pretrain.cf_source=oracle"},
              ("dvd_cl", "s_mvd_cl"),
-             tuple((m, a, m, b) for m in ("dvd_cl", "s_mvd_cl")
-                   for a, b in (("hvae", "identity"), ("oracle", "identity"), ("oracle", "hvae")))),
+             tuple((m, a, m, b) for m in ("dvd_cl", "s_mvd_cl") for a, b in _SOURCE_PAIRS)),
     Ablation("dose", "Dose-response: views x + g (exact - x)",
              {"g0": "pretrain.cf_source=identity", "g05": "pretrain.cf_source=oracle pretrain.cf_gain=0.5",
               "g1": "pretrain.cf_source=oracle"},
@@ -141,8 +143,7 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("cf_source_long", "Where the counterfactual views come from, after nine times the pre-training",
              {"identity": "pretrain.cf_source=identity pretrain.steps={steps_9x}", "hvae": "pretrain.steps={steps_9x}",
               "oracle": "pretrain.cf_source=oracle pretrain.steps={steps_9x}"},
-             ("dvd_cl",), tuple(("dvd_cl", a, "dvd_cl", b)
-                                for a, b in (("hvae", "identity"), ("oracle", "identity"), ("oracle", "hvae")))),
+             ("dvd_cl",), tuple(("dvd_cl", a, "dvd_cl", b) for a, b in _SOURCE_PAIRS)),
     Ablation("low_label", "Ten labels per fold (3 healthy + 7 effusion) against all of them",
              {"all": "", "ten": f"finetune.train_healthy={LOW_LABEL[0]} finetune.train_effusion={LOW_LABEL[1]} "
                                 "finetune.epochs={epochs_low}"},
