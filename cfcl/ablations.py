@@ -20,8 +20,8 @@ with the paired statistics of :mod:`cfcl.stats` (notebook 07, ``make ablations``
   is the spread one pre-training run leaves in every other one-run comparison (an interval covering 0
   is the expected verdict; its width is the noise floor of the ablations above), and each method against
   None in both replicates says whether its verdict survives a new pre-training seed;
-- ``length``: DVD-CL with exact counterfactuals after a third of, as many as, three times and nine times
-  the profile's pre-training steps (100, 300, 900, 2,700 at `cpu`) against None, and VADeR (dense
+- ``length``: DVD-CL with exact counterfactuals after a third of, as many as, three, nine and 27 times
+  the profile's pre-training steps (100, 300, 900, 2,700, 8,100 at `cpu`) against None, and VADeR (dense
   contrastive pre-training without counterfactual views; its runs ignore ``pretrain.cf_source``, so its
   300-step arm is the profile's VADeR) beside it from the profile's length on: the pre-training-length
   curve, with the control that tells whether length helps counterfactual views or dense pre-training in
@@ -134,11 +134,12 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("length", "Pre-training length (DVD-CL with exact counterfactuals, VADeR) against None",
              {"third": "pretrain.cf_source=oracle pretrain.steps={steps_third}", "profile": "pretrain.cf_source=oracle",
               "triple": "pretrain.cf_source=oracle pretrain.steps={steps_triple}",
-              "ninefold": "pretrain.cf_source=oracle pretrain.steps={steps_9x}"},
+              "ninefold": "pretrain.cf_source=oracle pretrain.steps={steps_9x}",
+              "x27": "pretrain.cf_source=oracle pretrain.steps={steps_27x}"},
              ("none", "dvd_cl", "vader"),
-             (*(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple", "ninefold")),
-              *(("vader", arm, "none", arm) for arm in ("profile", "triple", "ninefold")),
-              *(("dvd_cl", arm, "vader", arm) for arm in ("profile", "triple", "ninefold"))),
+             (*(("dvd_cl", arm, "none", arm) for arm in ("third", "profile", "triple", "ninefold", "x27")),
+              *(("vader", arm, "none", arm) for arm in ("profile", "triple", "ninefold", "x27")),
+              *(("dvd_cl", arm, "vader", arm) for arm in ("profile", "triple", "ninefold", "x27"))),
              arm_methods={"third": ("none", "dvd_cl")}),
     Ablation("cf_source_long", "Where the counterfactual views come from, after nine times the pre-training",
              {"identity": "pretrain.cf_source=identity pretrain.steps={steps_9x}", "hvae": "pretrain.steps={steps_9x}",
@@ -171,14 +172,14 @@ def _steps_per_epoch(n: int, batch: int) -> int:
 
 
 def _resolve(over: str, profile) -> str:
-    """An arm's overrides for ``profile``: ``{steps_third}``, ``{steps_triple}`` and ``{steps_9x}`` become a
-    third of, three and nine times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
+    """An arm's overrides for ``profile``: ``{steps_third}``, ``{steps_triple}``, ``{steps_9x}`` and ``{steps_27x}``
+    become a third of, three, nine and 27 times the profile's pre-training steps; ``{epochs_low}`` the fine-tuning epochs that give the
     low-label arm (:data:`LOW_LABEL` images per fold) the profile's number of optimiser steps; ``{epochs_x1_5}``
     1.5 times the profile's fine-tuning epochs."""
     steps, d, ft = profile.pretrain.steps, profile.data, profile.finetune
     n_full = (d.n_annotated_healthy + d.n_annotated_effusion) * (ft.folds - 1) // ft.folds
     per_epoch = _steps_per_epoch(n_full, ft.batch_size), _steps_per_epoch(sum(LOW_LABEL), ft.batch_size)
-    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps, steps_9x=9 * steps,
+    return over.format(steps_third=max(1, steps // 3), steps_triple=3 * steps, steps_9x=9 * steps, steps_27x=27 * steps,
                        epochs_low=max(1, round(ft.epochs * per_epoch[0] / per_epoch[1])),
                        epochs_x1_5=max(1, round(1.5 * ft.epochs)))
 

@@ -26,6 +26,7 @@ def test_plan_runs_each_distinct_arm_once_with_the_union_of_its_methods():
     assert arms["pretrain.cf_source=oracle pretrain.steps=900"] == ("abl-length-triple", ["none", "vader", "dvd_cl"])
     assert arms["pretrain.cf_source=oracle pretrain.steps=2700"] == ("abl-length-ninefold", ["none", "vader", "dvd_cl"])
     assert ab.arm_profile(get_profile("cpu"), "length", "ninefold").pretrain.steps == 2700
+    assert arms["pretrain.cf_source=oracle pretrain.steps=8100"] == ("abl-length-x27", ["none", "vader", "dvd_cl"])
     # the counterfactual source at length: identity and hvae are new arms, oracle is the length curve's 2,700 steps
     assert arms["pretrain.cf_source=identity pretrain.steps=2700"] == ("abl-cf_source_long-identity", ["dvd_cl"])
     assert arms["pretrain.steps=2700"] == ("abl-cf_source_long-hvae", ["dvd_cl"])
@@ -108,10 +109,11 @@ def _arm_runs(rng, arm, steps, gains, n=40, seeds=3):
 
 def test_length_arms_have_steps_and_seeds_and_its_curve_is_plotted(tmp_path):
     """On synthetic arms written as per_image writes them: the length table's columns (steps, seeds: the
-    (replicate, seed) pairs of each method), its ten contrasts with their arm's steps, and the plot."""
+    (replicate, seed) pairs of each method), its thirteen contrasts with their arm's steps, and the plot."""
     rng = np.random.default_rng(1)
     rows = []
-    for arm, steps, g in (("third", 100, -0.01), ("profile", 300, 0.0), ("triple", 900, 0.005), ("ninefold", 2700, 0.01)):
+    for arm, steps, g in (("third", 100, -0.01), ("profile", 300, 0.0), ("triple", 900, 0.005), ("ninefold", 2700, 0.01),
+                          ("x27", 8100, 0.012)):
         gains = {"none": (0.0, 1), "dvd_cl": (g, 1)}
         if arm != "third":
             gains["vader"] = (g / 2, 1)
@@ -119,18 +121,18 @@ def test_length_arms_have_steps_and_seeds_and_its_curve_is_plotted(tmp_path):
     path = tmp_path / "length_per_image.csv"
     pd.concat(rows, ignore_index=True).to_csv(path, index=False, float_format="%.4f")
     tables = ab.tables_from_csv(path)
-    assert set(tables) == {(m, a) for a in ("third", "profile", "triple", "ninefold") for m in ab.ABLATIONS["length"].methods_of(a)}
+    assert set(tables) == {(m, a) for a in ("third", "profile", "triple", "ninefold", "x27") for m in ab.ABLATIONS["length"].methods_of(a)}
     means = ab.arm_means(tables)
     assert {"method", "steps", "seeds", "n", "dsc", "dsc_pe", "hidden_recall"} <= set(means)
     m = means.set_index(["method", "steps"])
     assert m.loc[("dvd_cl", 2700), "seeds"] == 3 and m.loc[("vader", 900), "n"] == 40
     assert m.loc[("dvd_cl", 2700), "dsc"] == pytest.approx(86.0, abs=0.5)
     res = ab.contrasts(tables, "length", n_boot=500)
-    assert len(res) == 10 * 3 and (res["level"] == 1 - 0.05 / 30).all()
+    assert len(res) == 13 * 3 and (res["level"] == 1 - 0.05 / 39).all()
     gap = res[(res["a"] == "dvd_cl") & (res["b"] == "none") & (res["metric"] == "dsc")].set_index("steps")
-    assert list(gap.index) == [100, 300, 900, 2700]
+    assert list(gap.index) == [100, 300, 900, 2700, 8100]
     assert gap.loc[2700, "estimate"] == pytest.approx(1.0, abs=0.3) and gap.loc[100, "verdict"] == "contradicted"
-    assert set(res.loc[res["a"] == "vader", "steps"]) == {300, 900, 2700}
+    assert set(res.loc[res["a"] == "vader", "steps"]) == {300, 900, 2700, 8100}
 
     import matplotlib.pyplot as plt
 
