@@ -179,7 +179,7 @@ NBVAL_ABLATIONS ?= labels
 nbval: | $(INSTALLED) ## Run every notebook as is (smoke defaults) under nbval
 	$(MAKE) reproduce PROFILE=smoke VARIANT= SET= ONLY=
 	$(MAKE) ablations PROFILE=smoke VARIANT= SET= ONLY= ABLATIONS="$(NBVAL_ABLATIONS)"
-	$(PY) -m pytest --nbval-lax --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest --nbval-lax --nbval-kernel-startup-timeout 300 --nbval-sanitize-with .ci/nbval_sanitize.cfg -p no:cacheprovider notebooks -q -n $(TEST_WORKERS) --dist loadfile
 
 # The real-data route (docs/real_data.md) on a fixture written in the exact real formats. Two rows suffice
 # there: what differs from the phantom is the data (readers, silver RLE masks, gold folder), and S-MVD-CL reads

@@ -28,6 +28,7 @@ from jupyter_client.manager import AsyncKernelManager, KernelManager
 from traitlets import default
 
 IPC = os.name != "nt"
+START_TIMEOUT = 300  # seconds papermill waits for a kernel to start, unless --start-timeout is given
 PREFIX = "cfcl-kernel-"
 
 
@@ -81,9 +82,15 @@ def use_private_kernels() -> None:
 def main() -> None:
     from papermill.cli import papermill
 
+    import sys
+
     os.environ.setdefault("CFCL_PROGRESS", "text")  # the kernels inherit it (cfcl.progress)
     use_private_kernels()
-    papermill(prog_name="papermill")
+    args = sys.argv[1:]
+    if not any(a.split("=")[0] in ("--start-timeout", "--start_timeout") for a in args):
+        # papermill waits 60 s for a kernel; on two busy cores a start has been measured at 51 s.
+        args = ["--start-timeout", str(START_TIMEOUT), *args]
+    papermill(args=args, prog_name="papermill")
 
 
 if __name__ == "__main__":

@@ -191,3 +191,22 @@ def test_executed_notebook_holds_inline_figures_once_and_text_progress_bars(tmp_
     assert all("application/vnd.jupyter.widget-view+json" not in o.get("data", {}) for c in out for o in c["outputs"])
     assert len(bar) == 1 and bar[0]["output_type"] == "stream"
     assert re.fullmatch(r"steps: 100%\|\S+\| 200/200 \[.*\]\n", "".join(bar[0]["text"]))  # the final line only
+
+
+def test_papermill_command_waits_longer_for_a_kernel_unless_told(monkeypatch):
+    """`python -m cfcl.jupyter` passes papermill --start-timeout 300 (its own default, 60 s, is short on two busy
+    cores); a --start-timeout on the command line is kept as given and not doubled."""
+    import papermill.cli
+
+    from cfcl import jupyter
+
+    seen = []
+    monkeypatch.delenv("CFCL_PROGRESS", raising=False)  # main() sets it for its kernels; undone after the test
+    monkeypatch.setattr(papermill.cli, "papermill", lambda args, prog_name: seen.append(args))
+    monkeypatch.setattr(sys, "argv", ["cfcl.jupyter", "in.ipynb", "out.ipynb"])
+    jupyter.main()
+    monkeypatch.setattr(sys, "argv", ["cfcl.jupyter", "--start_timeout=7", "in.ipynb", "out.ipynb"])
+    jupyter.main()
+    assert seen == [["--start-timeout", str(jupyter.START_TIMEOUT), "in.ipynb", "out.ipynb"],
+                    ["--start_timeout=7", "in.ipynb", "out.ipynb"]]
+    assert jupyter.START_TIMEOUT == 300
