@@ -13,7 +13,8 @@ version of the code: ``figures/<label>/runs.csv`` (:func:`write_runs_csv`) recor
 figures, and ``tests/test_keys.py`` checks that the current code still computes the committed
 ``cpu`` keys (the runs made with them stay valid).
 
-``python -m cfcl.run_keys PROFILE [--variant V] [--set k=v ...] [--ablations]`` writes the file.
+``python -m cfcl.run_keys PROFILE [--variant V] [--set k=v ...] [--[no-]ablations]`` writes the file (by
+default with the arms for the default variant, without them for a named variant).
 """
 from __future__ import annotations
 
@@ -116,9 +117,14 @@ def runs_csv_text(rows: Sequence[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def write_runs_csv(profile: Profile, ablations: bool = True) -> Path:
-    """Write ``figures/<label>/runs.csv``: the runs :func:`figure_runs` lists (with the ablation arms by
-    default, whose figures go to ``figures/<label>/ablations/``); return its path."""
+def write_runs_csv(profile: Profile, ablations: bool | None = None) -> Path:
+    """Write ``figures/<label>/runs.csv``: the runs :func:`figure_runs` lists; return its path.
+
+    ``ablations=None`` adds the ablation arms (whose figures go to ``figures/<label>/ablations/``) for the
+    profile's default variant only: a variant (``powered``, ``pr2``, ``long``) lists its own runs, as its
+    committed file does, so a rerun of ``make reproduce VARIANT=...`` rewrites that file byte for byte."""
+    if ablations is None:
+        ablations = not profile.variant
     path = figures_dir(profile.label) / "runs.csv"
     text = runs_csv_text(figure_runs(profile, ablations=ablations))
     with atomic_path(path) as tmp:
@@ -133,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("profile")
     ap.add_argument("--variant", default="")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE")
-    ap.add_argument("--no-ablations", action="store_false", dest="ablations",
-                    help="only the profile's own runs, not the ablation arms'")
+    ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
+                    help="with (or without) the ablation arms' runs; default: with them for the default variant only")
     args = ap.parse_args(argv)
     print(write_runs_csv(get_profile(args.profile, args.overrides, args.variant), ablations=args.ablations))
 

@@ -68,3 +68,16 @@ def test_write_runs_csv(dirs):
     path = write_runs_csv(prof, ablations=False)
     assert path == dirs / "figures" / "smoke-v" / "runs.csv"
     assert path.read_text() == runs_csv_text(figure_runs(prof))
+
+
+def test_runs_csv_lists_the_ablation_arms_for_the_default_variant_only(dirs):
+    """Notebook 06's `write_runs_csv(prof)`: the default variant's file lists the ablation arms' runs (the
+    figures of `figures/<label>/ablations/`), a named variant's only its own, like the committed variant files."""
+    arm = "abl-"
+    default = write_runs_csv(get_profile("smoke")).read_text()
+    named = write_runs_csv(get_profile("smoke", variant="powered")).read_text()
+    assert any(line.split(",")[0].startswith(arm) for line in default.splitlines())
+    assert not any(arm in line.split(",")[0] for line in named.splitlines())
+    assert named == runs_csv_text(figure_runs(get_profile("smoke", variant="powered")))
+    with_arms = write_runs_csv(get_profile("smoke", variant="powered"), ablations=True).read_text()
+    assert any(line.split(",")[0].startswith("powered-abl-") for line in with_arms.splitlines())
