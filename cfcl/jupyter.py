@@ -21,6 +21,7 @@ import ast
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 from jupyter_client.connect import ConnectionFileMixin
@@ -81,8 +82,6 @@ def use_private_kernels() -> None:
 
 def main() -> None:
     from papermill.cli import papermill
-
-    import sys
 
     os.environ.setdefault("CFCL_PROGRESS", "text")  # the kernels inherit it (cfcl.progress)
     use_private_kernels()
